@@ -1,0 +1,164 @@
+"""`appliance`: the command line over ansible-runner and the lab.
+
+Exit codes: 0 success, 1 a host or step failed, 2 bad usage (one line, no traceback; --debug shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from appliance import display, runner
+from appliance.errors import ApplianceError, UsageError
+from appliance.lab import image, lab
+
+app = typer.Typer(
+    help="Provision and maintain air-gapped GPU Kubernetes appliances running Run:ai.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+lab_app = typer.Typer(help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    """Global options; --debug is read by main() before any command runs."""
+
+
+@app.command()
+def run(
+    playbook: Annotated[str, typer.Argument(help="Playbook file, or a name under playbooks/ (maintenance/drain).")],
+    inventory: Annotated[str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")] = None,
+    limit: Annotated[str | None, typer.Option("-l", "--limit", help="Limit to these hosts or groups.")] = None,
+    extra_vars: Annotated[
+        list[str] | None, typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable.")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show the changes made to files.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")] = False,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="Ansible verbosity (-vvv).")] = 0,
+) -> None:
+    """Run a playbook with a live view per host and a recap; exit 1 when a host failed."""
+    request = runner.RunRequest(
+        playbook=playbook, inventory=inventory, limit=limit, extra_vars=tuple(extra_vars or ()),
+        check=check, diff=diff, verbosity=verbose,
+    )
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+def execute(request: runner.RunRequest, *, as_json: bool) -> int:
+    """Run REQUEST with the live view (or silently for --json); return the exit code. Shared by commands."""
+    if as_json:
+        state = runner.run_playbook(request)
+        print(json.dumps(state.summary(), indent=2))
+    else:
+        with display.LiveView(console) as view:
+            state = runner.run_playbook(request, view.update)
+        display.print_recap(console, state)
+    if state.rc not in (0, None) and not state.hosts:
+        # ansible stopped before any host ran: a syntax error, an undefined variable in the play header...
+        raise ApplianceError(f"ansible-playbook exited {state.rc} before running any task; see {state.log}")
+    return 0 if state.succeeded else 1
+
+
+@lab_app.command("up")
+def lab_up(
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Number of worker nodes.")] = 2,
+) -> None:
+    """Create (or reuse) cp-1 and N workers, reachable over SSH; write inventories/lab/hosts.yml."""
+    planned = lab.up(workers, log=lambda line: console.print(f"lab: {line}", highlight=False))
+    files = lab.LabFiles.here()
+    console.print(f"lab: {len(planned)} nodes up; inventory {files.inventory}", highlight=False)
+
+
+@lab_app.command("status")
+def lab_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every lab node with its container and systemd state."""
+    rows = lab.status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("lab: no nodes (appliance lab up)")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+
+
+@lab_app.command(
+    "exec", context_settings={"allow_interspersed_args": False}
+)
+def lab_exec(
+    node: Annotated[str, typer.Argument(help="Lab node name, for example worker-1.")],
+    command: Annotated[list[str] | None, typer.Argument(help="The command, after --.")] = None,
+) -> None:
+    """Run COMMAND on NODE as root: appliance lab exec worker-1 -- systemctl is-system-running."""
+    arguments = lab.exec_arguments(node, command or [], interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    docker_binary = shutil.which("docker") or "docker"
+    sys.stdout.flush()
+    os.execv(docker_binary, [docker_binary, *arguments])
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Remove the lab's containers, their volumes and the lab network, and nothing else."""
+    lab.down(log=lambda line: console.print(f"lab: {line}", highlight=False))
+
+
+@lab_app.command("image")
+def lab_image() -> None:
+    """Build the node image when its recipe changed; print its tag."""
+    print(image.ensure_image(log=lambda line: errors.print(f"lab: {line}", highlight=False)))
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        code = app(prog_name="appliance", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.ClickException as error:  # bad usage found by the parser
+        error.show()
+        code = error.exit_code
+    except click.exceptions.Abort:
+        errors.print("appliance: interrupted")
+        code = 130
+    except ApplianceError as error:
+        if debug:
+            traceback.print_exc()
+        errors.print(f"appliance: error: {error}", highlight=False, soft_wrap=True)
+        code = error.exit_code
+    except KeyboardInterrupt:
+        errors.print("appliance: interrupted")
+        code = 130
+    except Exception as error:  # a defect: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        errors.print(f"appliance: internal error: {type(error).__name__}: {error} (run with --debug)", soft_wrap=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["UsageError", "app", "main"]

@@ -1,0 +1,1 @@
+"""The lab: systemd containers that stand in for an appliance's machines."""

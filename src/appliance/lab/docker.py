@@ -1,0 +1,56 @@
+"""The docker CLI, called with argument lists; failures become one readable error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from appliance.errors import ApplianceError
+
+
+def _docker_binary() -> str:
+    binary = shutil.which("docker")
+    if binary is None:
+        raise ApplianceError("the docker CLI is not installed; run `make setup` (installs Debian's docker.io)")
+    return binary
+
+
+def docker(*args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `docker ARGS...` and return its result; raise ApplianceError with docker's message on failure."""
+    result = subprocess.run(
+        [_docker_binary(), *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines()
+        raise ApplianceError(f"docker {args[0]} failed: {message[-1] if message else f'exit {result.returncode}'}")
+    return result
+
+
+def engine_answers() -> bool:
+    return docker("version", "--format", "{{.Server.Version}}", check=False).returncode == 0
+
+
+def require_engine() -> None:
+    if not engine_answers():
+        raise ApplianceError("no docker engine answers; run `make setup` (starts dockerd) or start docker")
+
+
+def inspect(kind: str, names: Sequence[str]) -> list[dict[str, Any]]:
+    """`docker KIND inspect` of the objects that exist among NAMES (missing ones are left out)."""
+    found: list[dict[str, Any]] = []
+    for name in names:
+        result = docker(kind, "inspect", name, check=False)
+        if result.returncode == 0:
+            found.extend(json.loads(result.stdout))
+    return found
+
+
+def image_exists(tag: str) -> bool:
+    return docker("image", "inspect", tag, check=False).returncode == 0

@@ -1,0 +1,192 @@
+"""`appliance lab`: bring the lab's nodes up, report on them, run commands in them, take them down."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from appliance import paths
+from appliance.errors import ApplianceError, UsageError
+from appliance.lab import docker, image, nodes
+
+ANSIBLE_USER = "ansible"
+
+
+@dataclass(frozen=True)
+class LabFiles:
+    key: Path
+    known_hosts: Path
+    inventory: Path
+
+    @classmethod
+    def here(cls) -> LabFiles:
+        state = paths.state_dir() / "lab"
+        return cls(
+            key=state / "id_ed25519",
+            known_hosts=state / "known_hosts",
+            inventory=paths.project_root() / "inventories" / "lab" / "hosts.yml",
+        )
+
+
+def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]:
+    """Bring the lab to WORKERS workers plus cp-1, reachable over SSH; reuse what already runs."""
+    planned = nodes.plan(workers)
+    existing = nodes.existing_containers()
+    extra = sorted(set(existing) - {node.name for node in planned})
+    if extra:
+        raise UsageError(
+            f"the lab already has {', '.join(extra)}, beyond --workers {workers}; `appliance lab down` first"
+        )
+    tag = image.ensure_image(log)
+    files = LabFiles.here()
+    _ensure_key(files.key)
+    nodes.start(planned, tag, nodes.platform_settings(paths.project_root()), log)
+    nodes.wait_booted(planned)
+    public_key = files.key.with_suffix(".pub").read_text()
+    for node in planned:
+        _authorize(node, public_key)
+    _write_known_hosts(planned, files.known_hosts)
+    write_inventory(planned, files)
+    return planned
+
+
+def down(log: Callable[[str], None] = print) -> None:
+    docker.require_engine()
+    nodes.remove(log)
+    files = LabFiles.here()
+    for path in (files.known_hosts, files.inventory):
+        path.unlink(missing_ok=True)
+
+
+def status() -> list[dict[str, str]]:
+    """One row per lab node: name, role, address, container state, systemd state, image."""
+    docker.require_engine()
+    current = image.image_tag()
+    rows = []
+    for name, container in sorted(nodes.existing_containers().items(), key=lambda item: _node_order(item[0])):
+        running = container["State"]["Running"]
+        networks = container["NetworkSettings"]["Networks"]
+        node = nodes.Node(name, container["Config"]["Labels"].get(f"{nodes.LAB_LABEL}.role", "?"),
+                          networks.get(nodes.NETWORK, {}).get("IPAddress", ""))
+        rows.append(
+            {
+                "node": name,
+                "role": node.role,
+                "address": node.address,
+                "container": container["State"]["Status"],
+                "systemd": nodes.system_state(node) if running else "-",
+                "image": "current" if container["Config"]["Image"] == current else container["Config"]["Image"],
+            }
+        )
+    return rows
+
+
+def exec_arguments(node_name: str, command: list[str], interactive: bool) -> list[str]:
+    """The `docker exec` argument list that runs COMMAND on NODE_NAME, or a UsageError."""
+    docker.require_engine()
+    known = nodes.existing_containers()
+    if node_name not in known:
+        names = ", ".join(sorted(known, key=_node_order)) or "none; run `appliance lab up`"
+        raise UsageError(f"unknown lab node {node_name!r}; lab nodes: {names}")
+    if not known[node_name]["State"]["Running"]:
+        raise UsageError(f"lab node {node_name} is stopped; `appliance lab up` starts it")
+    if not command:
+        raise UsageError("no command given: appliance lab exec NODE -- COMMAND...")
+    flags = ["--interactive", "--tty"] if interactive else ["--interactive"]
+    return ["exec", *flags, known[node_name]["Name"].lstrip("/"), *command]
+
+
+def groups_for(planned: list[nodes.Node]) -> dict[str, list[str]]:
+    """Inventory groups as in inventories/sample: odd workers stand in for GPU workers, even ones for
+    CPU workers, and the last CPU worker (cp-1 when there is none) hosts the Run:ai system services."""
+    workers = [n.name for n in planned if n.role == "worker"]
+    gpu = workers[0::2]
+    cpu = workers[1::2]
+    return {
+        "control_plane": [n.name for n in planned if n.role == "control_plane"],
+        "gpu_workers": gpu,
+        "cpu_workers": cpu,
+        "runai_system": [cpu[-1]] if cpu else [planned[0].name],
+    }
+
+
+def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
+    groups = groups_for(planned)
+    addresses = {n.name: n.address for n in planned}
+
+    def hosts(names: list[str]) -> dict[str, dict[str, str] | None]:
+        return {name: None for name in names}
+
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": ANSIBLE_USER,
+                "ansible_ssh_private_key_file": str(files.key),
+                "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
+                "appliance_lab": True,
+            },
+            "hosts": {name: {"ansible_host": address} for name, address in addresses.items()},
+            "children": {
+                "k8s_cluster": {"children": {"control_plane": None, "workers": None}},
+                "control_plane": {"hosts": hosts(groups["control_plane"])},
+                "workers": {"children": {"gpu_workers": None, "cpu_workers": None}},
+                "gpu_workers": {"hosts": hosts(groups["gpu_workers"])},
+                "cpu_workers": {"hosts": hosts(groups["cpu_workers"])},
+                "runai_system": {"hosts": hosts(groups["runai_system"])},
+            },
+        }
+    }
+    files.inventory.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Written by `appliance lab up` for this machine's lab; rewritten on every `lab up`.\n"
+    text = yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False).replace(": null\n", ":\n")
+    files.inventory.write_text(header + text)
+
+
+def _node_order(name: str) -> tuple[int, int]:
+    kind, _, number = name.partition("-")
+    return (0 if kind == "cp" else 1, int(number) if number.isdigit() else 0)
+
+
+def _ensure_key(key: Path) -> None:
+    if key.exists():
+        return
+    key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    result = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "appliance-lab", "-f", str(key)],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise ApplianceError(f"ssh-keygen failed: {result.stderr.strip()}")
+
+
+def _authorize(node: nodes.Node, public_key: str) -> None:
+    script = (
+        f"install -d -m 0700 -o {ANSIBLE_USER} -g {ANSIBLE_USER} ~{ANSIBLE_USER}/.ssh && "
+        f"cat > ~{ANSIBLE_USER}/.ssh/authorized_keys && "
+        f"chown {ANSIBLE_USER}: ~{ANSIBLE_USER}/.ssh/authorized_keys && chmod 0600 ~{ANSIBLE_USER}/.ssh/authorized_keys"
+    )
+    docker.docker("exec", "--interactive", node.container, "sh", "-c", script, input_text=public_key)
+
+
+def _write_known_hosts(planned: list[nodes.Node], known_hosts: Path, timeout: float = 60) -> None:
+    """Record each node's own host key (generated at its first boot), so SSH verifies hosts as usual."""
+    lines = []
+    for node in planned:
+        deadline = time.monotonic() + timeout
+        while True:
+            scan = subprocess.run(
+                ["ssh-keyscan", "-T", "2", "-t", "ed25519", node.address],
+                capture_output=True, text=True, check=False,
+            )
+            if scan.stdout.strip():
+                lines.append(scan.stdout.strip())
+                break
+            if time.monotonic() > deadline:
+                raise ApplianceError(f"sshd on {node.name} ({node.address}) did not answer within {timeout:.0f}s")
+            time.sleep(0.5)
+    known_hosts.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,262 @@
+"""Playbook runs on ansible-runner's Python API, turned into a live tally per host and a summary.
+
+Every CLI command that changes machines (`run`, and later `bootstrap`, `node`, `health`) goes through
+`run_playbook`: one place that resolves the playbook and inventory, builds ansible-runner's arguments,
+keeps secrets out of world-readable files and turns ansible's events into a `RunState`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance import paths
+from appliance.errors import UsageError
+
+# Environment passed to ansible besides ANSIBLE_*: what SSH, proxies and locales need, nothing else.
+ENV_ALLOW_LIST = (
+    "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "TMPDIR", "SSH_AUTH_SOCK",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "DOCKER_HOST", "KUBECONFIG",
+)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    playbook: str
+    inventory: str | None = None
+    limit: str | None = None
+    extra_vars: tuple[str, ...] = ()
+    check: bool = False
+    diff: bool = False
+    verbosity: int = 0
+
+
+@dataclass
+class HostTally:
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+    task: str = ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    host: str
+    task: str
+    message: str
+    unreachable: bool = False
+
+
+@dataclass
+class RunState:
+    playbook: str
+    inventory: str
+    started: float = field(default_factory=time.monotonic)
+    play: str = ""
+    task: str = ""
+    hosts: dict[str, HostTally] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    finished: bool = False
+    status: str = "starting"
+    rc: int | None = None
+    log: str = ""
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def succeeded(self) -> bool:
+        return self.rc == 0 and not any(t.failed or t.unreachable for t in self.hosts.values())
+
+    def host(self, name: str) -> HostTally:
+        return self.hosts.setdefault(name, HostTally())
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable result printed by `--json`."""
+        return {
+            "playbook": self.playbook,
+            "inventory": self.inventory,
+            "status": self.status,
+            "rc": self.rc,
+            "succeeded": self.succeeded,
+            "elapsed_seconds": round(self.elapsed, 2),
+            "hosts": {name: {k: v for k, v in asdict(t).items() if k != "task"} for name, t in self.hosts.items()},
+            "failures": [asdict(f) for f in self.failures],
+            "log": self.log,
+        }
+
+
+def resolve_playbook(name: str, project: Path) -> Path:
+    """NAME as a path, else under the project (`site.yml`), else under playbooks/ (`maintenance/drain`)."""
+    candidates = [Path(name), project / name, project / "playbooks" / name]
+    if not name.endswith((".yml", ".yaml")):
+        candidates += [project / "playbooks" / f"{name}.yml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UsageError(f"unknown playbook {name!r}: no such file here, in {project} or in {project / 'playbooks'}")
+
+
+def resolve_inventory(name: str | None, project: Path) -> Path:
+    """The inventory given, or the lab's when none is given and a lab is up."""
+    if name is None:
+        lab = project / "inventories" / "lab" / "hosts.yml"
+        if lab.is_file():
+            return lab
+        raise UsageError("no inventory given (-i INVENTORY) and no lab inventory (run `appliance lab up`)")
+    path = Path(name)
+    if not path.exists() and (project / name).exists():
+        path = project / name
+    if not path.exists():
+        raise UsageError(f"inventory {name!r} does not exist")
+    return path.resolve()
+
+
+def parse_extra_var(text: str) -> str:
+    """Accept what ansible's -e accepts (KEY=VALUE, JSON/YAML, @FILE); refuse the obviously malformed."""
+    if text.startswith("@"):
+        if not Path(text[1:]).is_file():
+            raise UsageError(f"-e {text}: no such file {text[1:]!r}")
+        return text
+    if text.lstrip().startswith("{") or "=" in text.split()[0]:
+        return text
+    raise UsageError(f"-e {text!r}: expected KEY=VALUE, a JSON/YAML mapping or @FILE")
+
+
+def _environment(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_") or k in ENV_ALLOW_LIST}
+    # ansible-playbook must be the one installed beside this interpreter, even when the venv isn't active.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env.setdefault("ANSIBLE_CONFIG", str(project / "ansible.cfg"))
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return env
+
+
+class EventTally:
+    """Folds ansible-runner events into a RunState; `playbook_on_stats` has the final word on counts."""
+
+    def __init__(self, state: RunState, on_update: Callable[[RunState], None]) -> None:
+        self.state = state
+        self.on_update = on_update
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {})
+        host = data.get("host") or data.get("remote_addr")
+        task = data.get("task", "")
+        state = self.state
+        if kind == "playbook_on_play_start":
+            state.play = data.get("play", "")
+        elif kind == "playbook_on_task_start":
+            state.task = task
+        elif kind == "runner_on_start" and host:
+            state.host(host).task = task
+        elif kind == "runner_on_ok" and host:
+            tally = state.host(host)
+            tally.ok += 1
+            tally.changed += bool(data.get("res", {}).get("changed"))
+        elif kind == "runner_on_skipped" and host:
+            state.host(host).skipped += 1
+        elif kind == "runner_on_failed" and host:
+            tally = state.host(host)
+            if data.get("ignore_errors"):
+                tally.ignored += 1
+            else:
+                tally.failed += 1
+                state.failures.append(Failure(host, task, _result_message(data.get("res", {}))))
+        elif kind == "runner_on_unreachable" and host:
+            state.host(host).unreachable += 1
+            state.failures.append(Failure(host, task, _result_message(data.get("res", {})), unreachable=True))
+        elif kind == "playbook_on_stats":
+            self._final_counts(data)
+        self.on_update(state)
+        return False  # nothing to keep on disk: the run's directory is private and removed afterwards
+
+    def _final_counts(self, data: dict[str, Any]) -> None:
+        names = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
+                 "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
+        seen = set().union(*(data.get(key) or {} for key in names))
+        for host in seen:
+            tally = self.state.host(host)
+            for key, attribute in names.items():
+                setattr(tally, attribute, (data.get(key) or {}).get(host, 0))
+
+
+def _result_message(result: dict[str, Any]) -> str:
+    for key in ("msg", "stderr", "stdout", "reason"):
+        value = result.get(key)
+        if value:
+            text = str(value).strip()
+            return text if len(text) < 2000 else text[:2000] + " ..."
+    return "failed (no message)"
+
+
+def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = lambda _: None) -> RunState:
+    """Run REQUEST's playbook; bad input raises UsageError before anything runs."""
+    import ansible_runner  # slow to import: only when a playbook really runs
+
+    project = paths.project_root()
+    playbook = resolve_playbook(request.playbook, project)
+    inventory = resolve_inventory(request.inventory, project)
+    extra_vars = [parse_extra_var(value) for value in request.extra_vars]
+    cmdline = [arg for value in extra_vars for arg in ("-e", value)]
+    cmdline += ["--check"] * request.check + ["--diff"] * request.diff
+    state = RunState(playbook=str(playbook), inventory=str(inventory))
+    state.log = str(_log_path(playbook))
+    private = Path(tempfile.mkdtemp(prefix="appliance-run-"))  # mode 0700: runner writes env and args here
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(project),
+            playbook=str(playbook),
+            inventory=str(inventory),
+            limit=request.limit,
+            cmdline=shlex.join(cmdline) if cmdline else None,
+            verbosity=request.verbosity or None,
+            envvars=_environment(project),
+            event_handler=EventTally(state, on_update),
+            status_handler=lambda status, **_: _set_status(state, status["status"], on_update),
+            quiet=True,
+            suppress_env_files=True,
+        )
+        state.rc = result.rc
+        state.status = result.status
+        _keep_log(result, Path(state.log))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    state.finished = True
+    on_update(state)
+    return state
+
+
+def _set_status(state: RunState, status: str, on_update: Callable[[RunState], None]) -> None:
+    state.status = status
+    on_update(state)
+
+
+def _log_path(playbook: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return paths.state_dir() / "runs" / f"{stamp}-{playbook.stem}.log"
+
+
+def _keep_log(result: Any, log: Path) -> None:
+    """Keep ansible's own output (no_log applies to it) for the operator, readable by its owner only."""
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(result.stdout.read())
