@@ -12,14 +12,13 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from appliance import display, runner
 from appliance.errors import ApplianceError, UsageError
-from appliance.lab import image, lab
+from appliance.lab import image, lab, nodes
 
 app = typer.Typer(
     help="Provision and maintain air-gapped GPU Kubernetes appliances running Run:ai.",
@@ -83,7 +82,7 @@ def lab_up(
 ) -> None:
     """Create (or reuse) cp-1 and N workers, reachable over SSH; write inventories/lab/hosts.yml."""
     planned = lab.up(workers, log=lambda line: console.print(f"lab: {line}", highlight=False))
-    files = lab.LabFiles.here()
+    files = lab.LabFiles.of(nodes.LabId.from_environment())
     console.print(f"lab: {len(planned)} nodes up; inventory {files.inventory}", highlight=False)
 
 
@@ -136,15 +135,8 @@ def lab_image() -> None:
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
-        code = app(prog_name="appliance", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        code = done.exit_code
-    except click.ClickException as error:  # bad usage found by the parser
-        error.show()
-        code = error.exit_code
-    except click.exceptions.Abort:
-        errors.print("appliance: interrupted")
-        code = 130
+        app(prog_name="appliance")  # the parser's own usage errors exit 2 from here
+        code = 0
     except ApplianceError as error:
         if debug:
             traceback.print_exc()
@@ -158,7 +150,7 @@ def main() -> None:
             traceback.print_exc()
         errors.print(f"appliance: internal error: {type(error).__name__}: {error} (run with --debug)", soft_wrap=True)
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)
 
 
 __all__ = ["UsageError", "app", "main"]

@@ -88,4 +88,5 @@ def print_recap(console: Console, state: RunState) -> None:
     console.print(
         Text.assemble("playbook ", (verdict[0], verdict[1]), f" in {state.elapsed:.1f}s; full log: {state.log}"),
         highlight=False,
+        soft_wrap=True,
     )

@@ -114,7 +114,7 @@ def resolve_playbook(name: str, project: Path) -> Path:
 def resolve_inventory(name: str | None, project: Path) -> Path:
     """The inventory given, or the lab's when none is given and a lab is up."""
     if name is None:
-        lab = project / "inventories" / "lab" / "hosts.yml"
+        lab = project / "inventories" / os.environ.get("APPLIANCE_LAB_NAME", "lab") / "hosts.yml"
         if lab.is_file():
             return lab
         raise UsageError("no inventory given (-i INVENTORY) and no lab inventory (run `appliance lab up`)")
@@ -132,7 +132,8 @@ def parse_extra_var(text: str) -> str:
         if not Path(text[1:]).is_file():
             raise UsageError(f"-e {text}: no such file {text[1:]!r}")
         return text
-    if text.lstrip().startswith("{") or "=" in text.split()[0]:
+    first_word = text.split()[0] if text.split() else ""
+    if text.lstrip().startswith("{") or first_word.find("=") > 0:
         return text
     raise UsageError(f"-e {text!r}: expected KEY=VALUE, a JSON/YAML mapping or @FILE")
 

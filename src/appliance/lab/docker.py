@@ -28,8 +28,11 @@ def docker(*args: str, input_text: str | None = None, check: bool = True) -> sub
         check=False,
     )
     if check and result.returncode != 0:
-        message = (result.stderr or result.stdout).strip().splitlines()
-        raise ApplianceError(f"docker {args[0]} failed: {message[-1] if message else f'exit {result.returncode}'}")
+        lines = [
+            line.strip() for line in (result.stderr or result.stdout).splitlines()
+            if line.strip() and "--help" not in line
+        ]
+        raise ApplianceError(f"docker {args[0]} failed: {' | '.join(lines) or f'exit {result.returncode}'}")
     return result
 
 

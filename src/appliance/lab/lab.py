@@ -24,28 +24,30 @@ class LabFiles:
     inventory: Path
 
     @classmethod
-    def here(cls) -> LabFiles:
-        state = paths.state_dir() / "lab"
+    def of(cls, lab: nodes.LabId) -> LabFiles:
+        state = paths.state_dir() / lab.name
         return cls(
             key=state / "id_ed25519",
             known_hosts=state / "known_hosts",
-            inventory=paths.project_root() / "inventories" / "lab" / "hosts.yml",
+            inventory=paths.project_root() / "inventories" / lab.name / "hosts.yml",
         )
 
 
 def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]:
     """Bring the lab to WORKERS workers plus cp-1, reachable over SSH; reuse what already runs."""
-    planned = nodes.plan(workers)
-    existing = nodes.existing_containers()
+    lab = nodes.LabId.from_environment()
+    planned = nodes.plan(lab, workers)
+    docker.require_engine()
+    existing = nodes.existing_containers(lab)
     extra = sorted(set(existing) - {node.name for node in planned})
     if extra:
         raise UsageError(
             f"the lab already has {', '.join(extra)}, beyond --workers {workers}; `appliance lab down` first"
         )
     tag = image.ensure_image(log)
-    files = LabFiles.here()
+    files = LabFiles.of(lab)
     _ensure_key(files.key)
-    nodes.start(planned, tag, nodes.platform_settings(paths.project_root()), log)
+    nodes.start(lab, planned, tag, nodes.platform_settings(paths.project_root()), log)
     nodes.wait_booted(planned)
     public_key = files.key.with_suffix(".pub").read_text()
     for node in planned:
@@ -56,23 +58,25 @@ def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]
 
 
 def down(log: Callable[[str], None] = print) -> None:
+    lab = nodes.LabId.from_environment()
     docker.require_engine()
-    nodes.remove(log)
-    files = LabFiles.here()
+    nodes.remove(lab, log)
+    files = LabFiles.of(lab)
     for path in (files.known_hosts, files.inventory):
         path.unlink(missing_ok=True)
 
 
 def status() -> list[dict[str, str]]:
     """One row per lab node: name, role, address, container state, systemd state, image."""
+    lab = nodes.LabId.from_environment()
     docker.require_engine()
     current = image.image_tag()
     rows = []
-    for name, container in sorted(nodes.existing_containers().items(), key=lambda item: _node_order(item[0])):
+    for name, container in sorted(nodes.existing_containers(lab).items(), key=lambda item: _node_order(item[0])):
         running = container["State"]["Running"]
         networks = container["NetworkSettings"]["Networks"]
         node = nodes.Node(name, container["Config"]["Labels"].get(f"{nodes.LAB_LABEL}.role", "?"),
-                          networks.get(nodes.NETWORK, {}).get("IPAddress", ""))
+                          networks.get(lab.network, {}).get("IPAddress", ""), lab.name)
         rows.append(
             {
                 "node": name,
@@ -89,12 +93,14 @@ def status() -> list[dict[str, str]]:
 def exec_arguments(node_name: str, command: list[str], interactive: bool) -> list[str]:
     """The `docker exec` argument list that runs COMMAND on NODE_NAME, or a UsageError."""
     docker.require_engine()
-    known = nodes.existing_containers()
+    known = nodes.existing_containers(nodes.LabId.from_environment())
     if node_name not in known:
         names = ", ".join(sorted(known, key=_node_order)) or "none; run `appliance lab up`"
         raise UsageError(f"unknown lab node {node_name!r}; lab nodes: {names}")
     if not known[node_name]["State"]["Running"]:
         raise UsageError(f"lab node {node_name} is stopped; `appliance lab up` starts it")
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         raise UsageError("no command given: appliance lab exec NODE -- COMMAND...")
     flags = ["--interactive", "--tty"] if interactive else ["--interactive"]

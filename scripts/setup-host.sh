@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Prepares this machine to run the toolkit and its lab: host packages, a docker engine, the Python venv.
+# Safe to run again: it only installs or starts what is missing. Called by `make setup`.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+venv=${VENV:-.venv}
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v rsync >/dev/null || need+=(rsync)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]} from Debian's archive"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# A docker engine: the system's service where systemd runs it, else dockerd in the background
+# (machines of this kind boot without an engine and without systemd as PID 1).
+if ! docker info >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    echo "setup: starting docker.service"
+    $sudo systemctl start docker
+  else
+    echo "setup: starting dockerd (log: /var/log/appliance-dockerd.log)"
+    $sudo sh -c 'nohup dockerd >/var/log/appliance-dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "setup: docker engine did not start; see /var/log/appliance-dockerd.log" >&2; exit 1; }
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  echo "setup: installing Python packages (pinned by constraints.txt)"
+  "$venv/bin/pip" install --quiet -c constraints.txt -e ".[dev]"
+  touch "$stamp"
+fi
+echo "setup: ready ($("$venv/bin/appliance" --help >/dev/null && echo 'appliance CLI installed'), docker $(docker version --format '{{.Server.Version}}'))"
