@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-lab_app = typer.Typer(help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True)
+lab_app = typer.Typer(
+    help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True
+)
 app.add_typer(lab_app, name="lab")
 
 console = Console()
@@ -42,21 +44,37 @@ def _global(
 
 @app.command()
 def run(
-    playbook: Annotated[str, typer.Argument(help="Playbook file, or a name under playbooks/ (maintenance/drain).")],
-    inventory: Annotated[str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")] = None,
-    limit: Annotated[str | None, typer.Option("-l", "--limit", help="Limit to these hosts or groups.")] = None,
+    playbook: Annotated[
+        str, typer.Argument(help="Playbook file, or a name under playbooks/ (maintenance/drain).")
+    ],
+    inventory: Annotated[
+        str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")
+    ] = None,
+    limit: Annotated[
+        str | None, typer.Option("-l", "--limit", help="Limit to these hosts or groups.")
+    ] = None,
     extra_vars: Annotated[
-        list[str] | None, typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable.")
+        list[str] | None,
+        typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable."),
     ] = None,
     check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Show the changes made to files.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="Ansible verbosity (-vvv).")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")
+    ] = False,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="Ansible verbosity (-vvv).")
+    ] = 0,
 ) -> None:
     """Run a playbook with a live view per host and a recap; exit 1 when a host failed."""
     request = runner.RunRequest(
-        playbook=playbook, inventory=inventory, limit=limit, extra_vars=tuple(extra_vars or ()),
-        check=check, diff=diff, verbosity=verbose,
+        playbook=playbook,
+        inventory=inventory,
+        limit=limit,
+        extra_vars=tuple(extra_vars or ()),
+        check=check,
+        diff=diff,
+        verbosity=verbose,
     )
     raise typer.Exit(execute(request, as_json=as_json))
 
@@ -106,15 +124,15 @@ def lab_status(
     console.print(table)
 
 
-@lab_app.command(
-    "exec", context_settings={"allow_interspersed_args": False}
-)
+@lab_app.command("exec", context_settings={"allow_interspersed_args": False})
 def lab_exec(
     node: Annotated[str, typer.Argument(help="Lab node name, for example worker-1.")],
     command: Annotated[list[str] | None, typer.Argument(help="The command, after --.")] = None,
 ) -> None:
     """Run COMMAND on NODE as root: appliance lab exec worker-1 -- systemctl is-system-running."""
-    arguments = lab.exec_arguments(node, command or [], interactive=sys.stdin.isatty() and sys.stdout.isatty())
+    arguments = lab.exec_arguments(
+        node, command or [], interactive=sys.stdin.isatty() and sys.stdout.isatty()
+    )
     docker_binary = shutil.which("docker") or "docker"
     sys.stdout.flush()
     os.execv(docker_binary, [docker_binary, *arguments])
@@ -148,7 +166,9 @@ def main() -> None:
     except Exception as error:  # a defect: still one line unless --debug
         if debug:
             traceback.print_exc()
-        errors.print(f"appliance: internal error: {type(error).__name__}: {error} (run with --debug)", soft_wrap=True)
+        errors.print(
+            f"appliance: internal error: {type(error).__name__}: {error} (run with --debug)", soft_wrap=True
+        )
         code = 1
     sys.exit(code)
 

@@ -37,8 +37,12 @@ def host_table(state: RunState, *, with_task: bool) -> Table:
 
 def _header(state: RunState) -> Text:
     return Text.assemble(
-        ("appliance run ", "bold"), state.playbook, "  ",
-        (f"{state.elapsed:6.1f}s", "cyan"), "  ", (state.play or state.status, "dim"),
+        ("appliance run ", "bold"),
+        state.playbook,
+        "  ",
+        (f"{state.elapsed:6.1f}s", "cyan"),
+        "  ",
+        (state.play or state.status, "dim"),
     )
 
 
@@ -54,11 +58,15 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         if self.console.is_terminal:
-            self.live = Live(console=self.console, refresh_per_second=4, get_renderable=self._render, transient=True)
+            self.live = Live(
+                console=self.console, refresh_per_second=4, get_renderable=self._render, transient=True
+            )
             self.live.__enter__()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.live is not None:
             self.live.__exit__(kind, error, tb)
 
@@ -81,12 +89,18 @@ def print_recap(console: Console, state: RunState) -> None:
     for failure in state.failures:
         what = "UNREACHABLE" if failure.unreachable else "FAILED"
         console.print(
-            Text.assemble((f"{what} ", "bold red"), (failure.host, "bold"), f"  task: {failure.task}\n    ",
-                          failure.message.replace("\n", "\n    ")),
+            Text.assemble(
+                (f"{what} ", "bold red"),
+                (failure.host, "bold"),
+                f"  task: {failure.task}\n    ",
+                failure.message.replace("\n", "\n    "),
+            ),
         )
     verdict = ("succeeded", "green") if state.succeeded else ("failed", "bold red")
     console.print(
-        Text.assemble("playbook ", (verdict[0], verdict[1]), f" in {state.elapsed:.1f}s; full log: {state.log}"),
+        Text.assemble(
+            "playbook ", (verdict[0], verdict[1]), f" in {state.elapsed:.1f}s; full log: {state.log}"
+        ),
         highlight=False,
         soft_wrap=True,
     )

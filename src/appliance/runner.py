@@ -23,9 +23,22 @@ from appliance.errors import UsageError
 
 # Environment passed to ansible besides ANSIBLE_*: what SSH, proxies and locales need, nothing else.
 ENV_ALLOW_LIST = (
-    "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "TMPDIR", "SSH_AUTH_SOCK",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "DOCKER_HOST", "KUBECONFIG",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TERM",
+    "TMPDIR",
+    "SSH_AUTH_SOCK",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "DOCKER_HOST",
+    "KUBECONFIG",
 )
 
 
@@ -94,7 +107,9 @@ class RunState:
             "rc": self.rc,
             "succeeded": self.succeeded,
             "elapsed_seconds": round(self.elapsed, 2),
-            "hosts": {name: {k: v for k, v in asdict(t).items() if k != "task"} for name, t in self.hosts.items()},
+            "hosts": {
+                name: {k: v for k, v in asdict(t).items() if k != "task"} for name, t in self.hosts.items()
+            },
             "failures": [asdict(f) for f in self.failures],
             "log": self.log,
         }
@@ -108,7 +123,9 @@ def resolve_playbook(name: str, project: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise UsageError(f"unknown playbook {name!r}: no such file here, in {project} or in {project / 'playbooks'}")
+    raise UsageError(
+        f"unknown playbook {name!r}: no such file here, in {project} or in {project / 'playbooks'}"
+    )
 
 
 def resolve_inventory(name: str | None, project: Path) -> Path:
@@ -189,8 +206,15 @@ class EventTally:
         return False  # nothing to keep on disk: the run's directory is private and removed afterwards
 
     def _final_counts(self, data: dict[str, Any]) -> None:
-        names = {"ok": "ok", "changed": "changed", "failures": "failed", "dark": "unreachable",
-                 "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
+        names = {
+            "ok": "ok",
+            "changed": "changed",
+            "failures": "failed",
+            "dark": "unreachable",
+            "skipped": "skipped",
+            "rescued": "rescued",
+            "ignored": "ignored",
+        }
         seen = set().union(*(data.get(key) or {} for key in names))
         for host in seen:
             tally = self.state.host(host)

@@ -29,7 +29,9 @@ def docker(*args: str) -> str:
 
 
 def container_ids() -> dict[str, str]:
-    return {node: docker("inspect", "--format", "{{.Id}}", f"appliance-labtest-{node}").strip() for node in NODES}
+    return {
+        node: docker("inspect", "--format", "{{.Id}}", f"appliance-labtest-{node}").strip() for node in NODES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,10 @@ def test_ansible_reaches_every_node_over_ssh(lab_up):
     assert "ansible_connection" not in inventory  # plain SSH, as on a real appliance
     result = subprocess.run(
         [str(BIN / "ansible"), "all", "-i", str(INVENTORY), "-m", "ansible.builtin.ping", "-o"],
-        cwd=PROJECT, capture_output=True, text=True, check=False,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for node in NODES:
@@ -60,15 +65,24 @@ def test_systemd_is_up_on_every_node(lab_up):
 
 def test_each_node_has_its_own_identity(lab_up):
     machine_ids = {lab_cli("lab", "exec", n, "--", "cat", "/etc/machine-id").stdout.strip() for n in NODES}
-    host_keys = {lab_cli("lab", "exec", n, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
-                 for n in NODES}
+    host_keys = {
+        lab_cli("lab", "exec", n, "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[1]
+        for n in NODES
+    }
     assert len(machine_ids) == len(host_keys) == 3
 
 
 def test_node_has_writable_proc_sys_and_volumes_for_runtimes(lab_up):
-    result = lab_cli("lab", "exec", "worker-1", "--", "sh", "-c",
-                     "echo 1 > /proc/sys/net/ipv4/ip_forward && for d in /var/lib/docker "
-                     "/var/lib/containerd /var/lib/kubelet; do mountpoint -q $d && echo $d; done")
+    result = lab_cli(
+        "lab",
+        "exec",
+        "worker-1",
+        "--",
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/ip_forward && for d in /var/lib/docker "
+        "/var/lib/containerd /var/lib/kubelet; do mountpoint -q $d && echo $d; done",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["/var/lib/docker", "/var/lib/containerd", "/var/lib/kubelet"]
 

@@ -43,7 +43,13 @@ def test_json_summary_counts_per_host(cli, local_inventory):
     assert summary["hosts"]["worker-1"]["changed"] == 0
     # The other hosts went on to the last task, which reports a change.
     assert summary["hosts"]["cp-1"] == {
-        "ok": 2, "changed": 1, "failed": 0, "unreachable": 0, "skipped": 1, "rescued": 0, "ignored": 0,
+        "ok": 2,
+        "changed": 1,
+        "failed": 0,
+        "unreachable": 0,
+        "skipped": 1,
+        "rescued": 0,
+        "ignored": 0,
     }
     assert [(f["host"], f["task"]) for f in summary["failures"]] == [
         ("worker-1", "Fail on purpose on the chosen host")
@@ -69,7 +75,10 @@ def test_check_mode_reaches_ansible(cli, local_inventory):
     ("args", "message"),
     [
         (["run", "missing.yml"], "unknown playbook 'missing.yml'"),
-        (["run", FAIL_PLAYBOOK, "-i", "/nonexistent/hosts.yml"], "inventory '/nonexistent/hosts.yml' does not exist"),
+        (
+            ["run", FAIL_PLAYBOOK, "-i", "/nonexistent/hosts.yml"],
+            "inventory '/nonexistent/hosts.yml' does not exist",
+        ),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "=oops"], "expected KEY=VALUE"),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "@/nonexistent.yml"], "no such file"),
     ],

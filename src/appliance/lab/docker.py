@@ -14,7 +14,9 @@ from appliance.errors import ApplianceError
 def _docker_binary() -> str:
     binary = shutil.which("docker")
     if binary is None:
-        raise ApplianceError("the docker CLI is not installed; run `make setup` (installs Debian's docker.io)")
+        raise ApplianceError(
+            "the docker CLI is not installed; run `make setup` (installs Debian's docker.io)"
+        )
     return binary
 
 
@@ -29,7 +31,8 @@ def docker(*args: str, input_text: str | None = None, check: bool = True) -> sub
     )
     if check and result.returncode != 0:
         lines = [
-            line.strip() for line in (result.stderr or result.stdout).splitlines()
+            line.strip()
+            for line in (result.stderr or result.stdout).splitlines()
             if line.strip() and "--help" not in line
         ]
         raise ApplianceError(f"docker {args[0]} failed: {' | '.join(lines) or f'exit {result.returncode}'}")

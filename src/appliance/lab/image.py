@@ -78,14 +78,19 @@ def ensure_image(log=print) -> str:
         _run(["chroot", str(rootfs), "/bin/sh", "/tmp/node-image.sh"], "node-image.sh")
         script.unlink(missing_ok=True)
         # Stream the tree into `docker import`; the parent must not keep the pipe open.
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
+        )
         imported = subprocess.Popen(
             [
                 "docker",
                 "import",
-                "--change", 'CMD ["/lib/systemd/systemd"]',
-                "--change", "ENV container=docker",
-                "--change", f"LABEL appliance.recipe={recipe_digest()}",
+                "--change",
+                'CMD ["/lib/systemd/systemd"]',
+                "--change",
+                "ENV container=docker",
+                "--change",
+                f"LABEL appliance.recipe={recipe_digest()}",
                 "-",
                 tag,
             ],

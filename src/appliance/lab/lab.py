@@ -72,11 +72,17 @@ def status() -> list[dict[str, str]]:
     docker.require_engine()
     current = image.image_tag()
     rows = []
-    for name, container in sorted(nodes.existing_containers(lab).items(), key=lambda item: _node_order(item[0])):
+    for name, container in sorted(
+        nodes.existing_containers(lab).items(), key=lambda item: _node_order(item[0])
+    ):
         running = container["State"]["Running"]
         networks = container["NetworkSettings"]["Networks"]
-        node = nodes.Node(name, container["Config"]["Labels"].get(f"{nodes.LAB_LABEL}.role", "?"),
-                          networks.get(lab.network, {}).get("IPAddress", ""), lab.name)
+        node = nodes.Node(
+            name,
+            container["Config"]["Labels"].get(f"{nodes.LAB_LABEL}.role", "?"),
+            networks.get(lab.network, {}).get("IPAddress", ""),
+            lab.name,
+        )
         rows.append(
             {
                 "node": name,
@@ -84,7 +90,9 @@ def status() -> list[dict[str, str]]:
                 "address": node.address,
                 "container": container["State"]["Status"],
                 "systemd": nodes.system_state(node) if running else "-",
-                "image": "current" if container["Config"]["Image"] == current else container["Config"]["Image"],
+                "image": "current"
+                if container["Config"]["Image"] == current
+                else container["Config"]["Image"],
             }
         )
     return rows
@@ -164,17 +172,19 @@ def _ensure_key(key: Path) -> None:
     key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     result = subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "appliance-lab", "-f", str(key)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise ApplianceError(f"ssh-keygen failed: {result.stderr.strip()}")
 
 
 def _authorize(node: nodes.Node, public_key: str) -> None:
+    user = ANSIBLE_USER
     script = (
-        f"install -d -m 0700 -o {ANSIBLE_USER} -g {ANSIBLE_USER} ~{ANSIBLE_USER}/.ssh && "
-        f"cat > ~{ANSIBLE_USER}/.ssh/authorized_keys && "
-        f"chown {ANSIBLE_USER}: ~{ANSIBLE_USER}/.ssh/authorized_keys && chmod 0600 ~{ANSIBLE_USER}/.ssh/authorized_keys"
+        f"install -d -m 0700 -o {user} -g {user} ~{user}/.ssh && cat > ~{user}/.ssh/authorized_keys && "
+        f"chown {user}: ~{user}/.ssh/authorized_keys && chmod 0600 ~{user}/.ssh/authorized_keys"
     )
     docker.docker("exec", "--interactive", node.container, "sh", "-c", script, input_text=public_key)
 
@@ -187,12 +197,16 @@ def _write_known_hosts(planned: list[nodes.Node], known_hosts: Path, timeout: fl
         while True:
             scan = subprocess.run(
                 ["ssh-keyscan", "-T", "2", "-t", "ed25519", node.address],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if scan.stdout.strip():
                 lines.append(scan.stdout.strip())
                 break
             if time.monotonic() > deadline:
-                raise ApplianceError(f"sshd on {node.name} ({node.address}) did not answer within {timeout:.0f}s")
+                raise ApplianceError(
+                    f"sshd on {node.name} ({node.address}) did not answer within {timeout:.0f}s"
+                )
             time.sleep(0.5)
     known_hosts.write_text("\n".join(lines) + "\n")

@@ -21,7 +21,11 @@ from appliance.lab import docker
 
 LAB_LABEL = "appliance.lab"
 # Per-node volumes: docker, containerd and kubelet need a real filesystem (not the overlay root).
-NODE_VOLUMES = {"docker": "/var/lib/docker", "containerd": "/var/lib/containerd", "kubelet": "/var/lib/kubelet"}
+NODE_VOLUMES = {
+    "docker": "/var/lib/docker",
+    "containerd": "/var/lib/containerd",
+    "kubelet": "/var/lib/kubelet",
+}
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,20 @@ def ensure_network(lab: LabId) -> None:
     if found:
         subnets = [c.get("Subnet") for c in (found[0].get("IPAM", {}).get("Config") or [])]
         if str(lab.subnet) not in subnets:
-            raise ApplianceError(f"docker network {lab.network} has subnet {subnets}, not {lab.subnet}; lab down first")
+            raise ApplianceError(
+                f"docker network {lab.network} has subnet {subnets}, not {lab.subnet}; lab down first"
+            )
         return
     docker.docker(
-        "network", "create", "--driver", "bridge", "--subnet", str(lab.subnet),
-        "--label", f"{LAB_LABEL}={lab.name}", lab.network,
+        "network",
+        "create",
+        "--driver",
+        "bridge",
+        "--subnet",
+        str(lab.subnet),
+        "--label",
+        f"{LAB_LABEL}={lab.name}",
+        lab.network,
     )
 
 
@@ -137,7 +150,8 @@ def start(
             docker.docker("start", node.container)
         else:
             if container["Config"]["Image"] != image:
-                log(f"{node.name} runs image {container['Config']['Image']}, not {image}; `lab down` to rebuild")
+                old = container["Config"]["Image"]
+                log(f"{node.name} runs image {old}, not {image}; `lab down` to rebuild it")
 
 
 def wait_booted(nodes: list[Node], timeout: float = 120) -> dict[str, str]:
@@ -171,7 +185,9 @@ def remove(lab: LabId, log: Callable[[str], None]) -> None:
     for name, container in sorted(containers.items()):
         log(f"removing {name}")
         docker.docker("rm", "--force", "--volumes", container["Name"].lstrip("/"))
-    volumes = docker.docker("volume", "ls", "--quiet", "--filter", f"label={LAB_LABEL}={lab.name}").stdout.split()
+    volumes = docker.docker(
+        "volume", "ls", "--quiet", "--filter", f"label={LAB_LABEL}={lab.name}"
+    ).stdout.split()
     if volumes:
         docker.docker("volume", "rm", *volumes)
     if docker.inspect("network", [lab.network]):

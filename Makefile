@@ -1,0 +1,41 @@
+# The two commands of README.md:
+#   make lab    sets up this machine and brings up the lab appliance (the main job)
+#   make test   runs every test tier: lint, unit, lab, Molecule
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup lab test lint unit lab-test molecule bench lab-down
+
+setup:
+	scripts/setup-host.sh
+
+lab: setup
+	appliance lab up
+	appliance run site.yml
+
+lab-down: setup
+	appliance lab down
+
+test: setup lint unit lab-test molecule
+
+lint:
+	ruff check src tests benchmarks
+	ruff format --check src tests benchmarks
+	ansible-lint
+
+unit:
+	pytest -q tests/unit
+
+lab-test:
+	pytest -q tests/lab
+
+# Every scenario under molecule/, on the lab's node image (built here when its recipe changed).
+molecule:
+	@image=$$(appliance lab image) && for scenario in molecule/*/; do \
+	  name=$$(basename $$scenario); echo "== molecule test -s $$name ($$image)"; \
+	  APPLIANCE_NODE_IMAGE=$$image molecule test -s $$name || exit 1; \
+	done
+
+bench: setup
+	python benchmarks/lab.py
