@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from rich.console import Console, Group
@@ -13,20 +14,22 @@ from rich.text import Text
 from appliance.runner import RunState
 
 COUNTS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
+LIVE_COUNTS = COUNTS[:5]  # the live view leaves room for the current task
 STYLES = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "cyan"}
 
 
 def host_table(state: RunState, *, with_task: bool) -> Table:
+    counts = LIVE_COUNTS if with_task else COUNTS
     table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("host")
-    for count in COUNTS:
-        table.add_column(count, justify="right")
+    table.add_column("host", no_wrap=True, min_width=max((len(h) for h in state.hosts), default=4))
+    for count in counts:
+        table.add_column(count, justify="right", no_wrap=True, min_width=len(count))
     if with_task:
-        table.add_column("current task", overflow="ellipsis", no_wrap=True, max_width=60)
+        table.add_column("current task", overflow="ellipsis", no_wrap=True, ratio=1)
     for name, tally in sorted(state.hosts.items()):
         cells = [
             Text(str(getattr(tally, count)), style=STYLES.get(count, "") if getattr(tally, count) else "dim")
-            for count in COUNTS
+            for count in counts
         ]
         row: list[str | Text] = [Text(name, style="red" if tally.failed or tally.unreachable else ""), *cells]
         if with_task:
@@ -36,14 +39,16 @@ def host_table(state: RunState, *, with_task: bool) -> Table:
 
 
 def _header(state: RunState) -> Text:
-    return Text.assemble(
-        ("appliance run ", "bold"),
-        state.playbook,
+    header = Text.assemble(
+        (Path(state.playbook).name, "bold"),
         "  ",
         (f"{state.elapsed:6.1f}s", "cyan"),
         "  ",
-        (state.play or state.status, "dim"),
+        (f"play: {state.play}" if state.play else state.status, "dim"),
     )
+    header.no_wrap = True
+    header.overflow = "ellipsis"
+    return header
 
 
 class LiveView:
