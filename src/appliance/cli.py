@@ -88,6 +88,9 @@ def execute(request: runner.RunRequest, *, as_json: bool) -> int:
         with display.LiveView(console) as view:
             state = runner.run_playbook(request, view.update)
         display.print_recap(console, state)
+    if state.interrupted:
+        errors.print(f"appliance: interrupted; ansible-playbook stopped. Log: {state.log}", soft_wrap=True)
+        return 130
     if state.rc not in (0, None) and not state.hosts:
         # ansible stopped before any host ran: a syntax error, an undefined variable in the play header...
         raise ApplianceError(f"ansible-playbook exited {state.rc} before running any task; see {state.log}")

@@ -101,7 +101,10 @@ def print_recap(console: Console, state: RunState) -> None:
                 failure.message.replace("\n", "\n    "),
             ),
         )
-    verdict = ("succeeded", "green") if state.succeeded else ("failed", "bold red")
+    if state.interrupted:
+        verdict = ("interrupted", "bold red")
+    else:
+        verdict = ("succeeded", "green") if state.succeeded else ("failed", "bold red")
     console.print(
         Text.assemble(
             "playbook ", (verdict[0], verdict[1]), f" in {state.elapsed:.1f}s; full log: {state.log}"

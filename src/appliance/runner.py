@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -90,6 +92,10 @@ class RunState:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "canceled"
 
     @property
     def succeeded(self) -> bool:
@@ -244,6 +250,8 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
     state = RunState(playbook=str(playbook), inventory=str(inventory))
     state.log = str(_log_path(playbook))
     private = Path(tempfile.mkdtemp(prefix="appliance-run-"))  # mode 0700: runner writes env and args here
+    interrupted = threading.Event()
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
         result = ansible_runner.run(
             private_data_dir=str(private),
@@ -256,6 +264,8 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
             envvars=_environment(project),
             event_handler=EventTally(state, on_update),
             status_handler=lambda status, **_: _set_status(state, status["status"], on_update),
+            # Ctrl-C stops ansible-playbook through the runner, so no orphan is left behind.
+            cancel_callback=interrupted.is_set,
             quiet=True,
             suppress_env_files=True,
         )
@@ -263,6 +273,7 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
         state.status = result.status
         _keep_log(result, Path(state.log))
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         shutil.rmtree(private, ignore_errors=True)
     state.finished = True
     on_update(state)

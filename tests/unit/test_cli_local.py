@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT
+from tests.conftest import BIN, PROJECT
 
 FAIL_PLAYBOOK = str(PROJECT / "tests" / "playbooks" / "fail_on_one_host.yml")
 
@@ -111,3 +114,29 @@ def test_syntax_error_is_one_line_exit_1(cli, local_inventory, tmp_path):
 def test_unknown_option_is_usage_error(cli):
     result = cli("run", "--no-such-option")
     assert result.returncode == 2
+
+
+def test_ctrl_c_stops_the_run_and_exits_130(local_inventory):
+    process = subprocess.Popen(
+        [
+            str(BIN / "appliance"),
+            "run",
+            str(PROJECT / "tests" / "playbooks" / "sleep.yml"),
+            "-i",
+            str(local_inventory),
+            "-l",
+            "cp-1",
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    stdout, stderr = process.communicate(timeout=15)
+    assert process.returncode == 130, stdout + stderr
+    assert time.monotonic() - started < 10  # it did not wait for the 20 s task
+    assert "playbook interrupted" in stdout
+    assert "appliance: interrupted" in stderr
