@@ -20,8 +20,8 @@ lab-down: setup
 test: setup lint unit lab-test molecule
 
 lint:
-	ruff check src tests benchmarks
-	ruff format --check src tests benchmarks
+	ruff check src tests benchmarks molecule
+	ruff format --check src tests benchmarks molecule
 	ansible-lint
 
 unit:
@@ -32,8 +32,8 @@ lab-test:
 
 # Every scenario under molecule/, on the lab's node image (built here when its recipe changed).
 molecule:
-	@image=$$(appliance lab image) && for scenario in molecule/*/; do \
-	  name=$$(basename $$scenario); echo "== molecule test -s $$name ($$image)"; \
+	@image=$$(appliance lab image) && for scenario in molecule/*/molecule.yml; do \
+	  name=$$(basename $$(dirname $$scenario)); echo "== molecule test -s $$name ($$image)"; \
 	  APPLIANCE_NODE_IMAGE=$$image molecule test -s $$name || exit 1; \
 	done
 

@@ -16,6 +16,24 @@ ExecStartPre=/usr/sbin/sshd -t
 UNIT
 systemctl enable ssh.service
 
+# A machine has a writable /proc/sys and /sys; docker mounts them read-only in a container, and the
+# "systempaths=unconfined" option that avoids it is not available through docker's API (Molecule).
+cat > /etc/systemd/system/lab-writable-kernel-paths.service <<'UNIT'
+[Unit]
+Description=Make /proc/sys and /sys writable, as on a machine (lab node only)
+DefaultDependencies=no
+ConditionVirtualization=container
+Before=sysinit.target systemd-sysctl.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount -o remount,rw /proc/sys
+ExecStart=/bin/mount -o remount,rw /sys
+[Install]
+WantedBy=sysinit.target
+UNIT
+systemctl enable lab-writable-kernel-paths.service
+
 # Units that have nothing to manage inside a container and would only leave the system degraded.
 for unit in systemd-udevd.service systemd-udev-trigger.service systemd-modules-load.service \
             sys-kernel-config.mount sys-kernel-debug.mount sys-kernel-tracing.mount \
