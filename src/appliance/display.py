@@ -80,7 +80,9 @@ class LiveView:
             self.state = state
             if self.live is None and state.task and state.task != self.last_task:
                 self.last_task = state.task
-                self.console.print(f"[{state.elapsed:7.1f}s] TASK {state.task}", highlight=False)
+                self.console.print(
+                    f"[{state.elapsed:7.1f}s] TASK {state.task}", highlight=False, soft_wrap=True
+                )
 
     def _render(self) -> Group | Text:
         with self.lock:
