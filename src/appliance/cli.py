@@ -10,6 +10,8 @@ import os
 import shutil
 import sys
 import traceback
+from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from appliance import display, runner
+from appliance.bundle import manifest
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image, lab, nodes
 
@@ -30,6 +33,8 @@ lab_app = typer.Typer(
     help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True
 )
 app.add_typer(lab_app, name="lab")
+bundle_app = typer.Typer(help="The offline bundle: build it, verify it.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
 
 console = Console()
 errors = Console(stderr=True)
@@ -151,6 +156,30 @@ def lab_down() -> None:
 def lab_image() -> None:
     """Build the node image when its recipe changed; print its tag."""
     print(image.ensure_image(log=lambda line: errors.print(f"lab: {line}", highlight=False)))
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    directory: Annotated[Path, typer.Argument(help="The bundle directory (holding manifest.json).")],
+    manifest_sha256: Annotated[
+        str | None,
+        typer.Option("--manifest-sha256", help="The manifest's sha256 that `bundle build` printed."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Check every file of a bundle against its manifest; name each missing, altered or extra file."""
+    verdict = manifest.verify(directory, manifest_sha256)
+    if as_json:
+        print(json.dumps({**asdict(verdict), "ok": verdict.ok}, indent=2))
+    if not verdict.ok:
+        raise ApplianceError(f"bundle {directory} failed verification: {verdict.problems()}")
+    if not as_json:
+        checked, digest = verdict.checked, verdict.manifest_sha256
+        console.print(
+            f"bundle {directory}: {checked} files verified; manifest sha256 {digest}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The offline bundle: every artifact of an appliance, versioned and checksummed."""

@@ -1,0 +1,61 @@
+"""versions.yml: the version and checksum of every artifact, read here and by the roles."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance import paths
+from appliance.errors import ApplianceError
+
+SECTIONS = ("binaries", "images", "charts", "manifests")
+
+
+def versions_file(project: Path | None = None) -> Path:
+    return (project or paths.project_root()) / "versions.yml"
+
+
+@cache
+def load(path: Path | None = None) -> dict[str, Any]:
+    """The parsed versions file, checked for the shape the builder relies on."""
+    path = path or versions_file()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ApplianceError(f"cannot read {path}: {error}") from error
+    problems = check(data)
+    if problems:
+        raise ApplianceError(f"{path}: {'; '.join(problems)}")
+    return data
+
+
+def check(data: Any) -> list[str]:
+    """Every problem of the versions data: missing sections, unsorted tables, malformed checksums."""
+    if not isinstance(data, dict):
+        return ["expected a mapping at the top"]
+    problems = []
+    for section in ("architectures", "kubernetes", *SECTIONS, "os_packages"):
+        if section not in data:
+            problems.append(f"missing section {section!r}")
+    for section in SECTIONS:
+        table = data.get(section) or {}
+        if list(table) != sorted(table):
+            problems.append(f"{section}: keep the components sorted by name ({', '.join(sorted(table))})")
+        for name, entry in table.items():
+            for arch, digest in (entry.get("sha256") or {}).items():
+                if arch not in data.get("architectures", []):
+                    problems.append(f"{section}.{name}.sha256: unknown architecture {arch!r}")
+                if not (
+                    isinstance(digest, str)
+                    and len(digest) == 64
+                    and all(c in "0123456789abcdef" for c in digest)
+                ):
+                    problems.append(f"{section}.{name}.sha256.{arch}: {digest!r} is not a sha256 hex digest")
+    return problems
+
+
+def image_names(data: dict[str, Any]) -> list[str]:
+    return [entry["image"] for entry in data["images"].values()]

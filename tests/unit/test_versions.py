@@ -1,0 +1,84 @@
+"""versions.yml: its shape, and that roles see the same data as the bundle builder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import yaml
+
+from appliance.bundle import versions
+from tests.conftest import BIN, PROJECT
+
+# `kubeadm config images list --kubernetes-version v1.23.5` (../shared/LAB-FACTS.md).
+KUBEADM_IMAGES = [
+    "k8s.gcr.io/kube-apiserver:v1.23.5",
+    "k8s.gcr.io/kube-controller-manager:v1.23.5",
+    "k8s.gcr.io/kube-scheduler:v1.23.5",
+    "k8s.gcr.io/kube-proxy:v1.23.5",
+    "k8s.gcr.io/pause:3.6",
+    "k8s.gcr.io/etcd:3.5.1-0",
+    "k8s.gcr.io/coredns/coredns:v1.8.6",
+]
+
+
+def test_versions_file_is_well_formed():
+    data = versions.load(versions.versions_file(PROJECT))
+    assert data["kubernetes"]["version"] == "v1.23.5"
+    assert data["kubernetes"]["deb_version"] == "1.23.5-00"
+
+
+def test_control_plane_images_are_exactly_what_kubeadm_asks_for():
+    data = versions.load(versions.versions_file(PROJECT))
+    assert set(KUBEADM_IMAGES) <= set(versions.image_names(data))
+
+
+def test_kubernetes_checksums_are_kubespray_s():
+    binaries = versions.load(versions.versions_file(PROJECT))["binaries"]
+    assert binaries["kubeadm"]["sha256"]["amd64"].startswith("8eebded1")
+    assert binaries["kubelet"]["sha256"]["amd64"].startswith("253b9db2")
+    assert binaries["kubectl"]["sha256"]["amd64"].startswith("715da05c")
+
+
+def test_check_names_every_problem():
+    data = yaml.safe_load(versions.versions_file(PROJECT).read_text())
+    data["binaries"] = {
+        "kubelet": data["binaries"]["kubelet"],
+        "helm": {"sha256": {"amd64": "xyz", "s390x": "0" * 64}},
+    }
+    del data["charts"]
+    problems = versions.check(data)
+    assert "missing section 'charts'" in problems
+    assert "binaries: keep the components sorted by name (helm, kubelet)" in problems
+    assert "binaries.helm.sha256.amd64: 'xyz' is not a sha256 hex digest" in problems
+    assert "binaries.helm.sha256: unknown architecture 's390x'" in problems
+
+
+def test_roles_see_the_same_versions_through_the_vars_plugin(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    node:\n      ansible_connection: local\n")
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "node",
+            "-i",
+            str(inventory),
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            "var=appliance_versions",
+            "-o",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"),
+            "PATH": str(BIN),
+            "ANSIBLE_STDOUT_CALLBACK": "oneline",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(result.stdout.split("=>", 1)[1])["appliance_versions"]
+    assert seen == versions.load(versions.versions_file(PROJECT))
