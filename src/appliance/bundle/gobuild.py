@@ -1,0 +1,324 @@
+"""Build the appliance's Go components from the Go module proxy (`appliance bundle build --source build`).
+
+Many of these modules cannot be built with `go install module@version`: their go.mod replaces modules
+with local paths (k8s.io/kubernetes replaces 27 staging modules with ./staging/src/k8s.io/...). So each
+component is built inside a small wrapper module that requires it and restates its replace directives,
+mapping each local one to a published release: for Kubernetes the staging modules' v0.23.5 releases,
+otherwise the version the component's own go.mod requires. Every other replace line is copied as is, so
+the dependency versions are exactly the component's.
+
+Results are cached outside the work tree (~/.cache/appliance/bundle/go/), keyed by a digest of the
+recipe and the Go version: a rebuild with nothing changed only checks that the binaries are there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance import paths
+from appliance.errors import ApplianceError
+
+GOPROXY = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
+# The plugins of the upstream cni-plugins release archive.
+CNI_PLUGINS = (
+    "main/bridge", "main/host-device", "main/ipvlan", "main/loopback", "main/macvlan", "main/ptp",
+    "main/vlan", "ipam/dhcp", "ipam/host-local", "ipam/static", "meta/bandwidth", "meta/firewall",
+    "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GoTarget:
+    """One Go module at one version, and the binaries to build from it."""
+
+    name: str
+    module: str
+    version: str
+    binaries: dict[str, str]  # binary file name -> import path of its main package
+    ldflags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    staging_version: str | None = None  # version of modules the component replaces with ./staging paths
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
+    """The Go builds of the bundle, from versions.yml's data."""
+    kube = data["kubernetes"]
+    version = kube["version"]
+    major, minor = version.lstrip("v").split(".")[:2]
+    kube_version_flags = tuple(
+        f"-X {package}.{key}={value}"
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for key, value in (
+            ("gitVersion", version),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitCommit", kube["git_commit"]),
+            ("gitTreeState", "clean"),
+            ("buildDate", kube["build_date"]),
+        )
+    )
+    kube_binaries = (
+        "kubeadm", "kubelet", "kubectl",
+        "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
+    )  # fmt: skip
+    binaries = data["binaries"]
+    images = data["images"]
+    helm = binaries["helm"]["version"]
+    cni = binaries["cni-plugins"]["version"]
+    return {
+        target.name: target
+        for target in (
+            GoTarget(
+                "kubernetes",
+                "k8s.io/kubernetes",
+                version,
+                {name: f"k8s.io/kubernetes/cmd/{name}" for name in kube_binaries},
+                # As hack/lib/golang.sh of release-1.23 builds them.
+                ldflags=("-s", "-w", *kube_version_flags),
+                tags=("selinux", "notest"),
+                staging_version="v0." + version.lstrip("v").split(".", 1)[1],
+            ),
+            GoTarget(
+                "cni-plugins",
+                "github.com/containernetworking/plugins",
+                cni,
+                {
+                    p.rsplit("/", 1)[1]: f"github.com/containernetworking/plugins/plugins/{p}"
+                    for p in CNI_PLUGINS
+                },
+                ldflags=(
+                    "-s",
+                    "-w",
+                    f"-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion={cni}",
+                ),
+            ),
+            GoTarget(
+                "helm",
+                "helm.sh/helm/v3",
+                helm,
+                {"helm": "helm.sh/helm/v3/cmd/helm"},
+                ldflags=(
+                    "-s",
+                    "-w",
+                    f"-X helm.sh/helm/v3/internal/version.version={helm}",
+                    "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                ),
+            ),
+            GoTarget(
+                "etcd",
+                images["etcd"]["go_module"],
+                images["etcd"]["module_version"],
+                {"etcd": images["etcd"]["go_module"]},
+                ldflags=("-s", "-w"),
+            ),
+            GoTarget(
+                "coredns",
+                images["coredns"]["go_module"],
+                _tag(images["coredns"]["image"]),
+                {"coredns": images["coredns"]["go_module"]},
+                ldflags=("-s", "-w"),
+            ),
+            GoTarget(
+                "flannel",
+                images["flannel"]["go_module"],
+                _tag(images["flannel"]["image"]),
+                {"flanneld": images["flannel"]["go_module"]},
+                ldflags=(
+                    "-s",
+                    "-w",
+                    f"-X github.com/flannel-io/flannel/version.Version={_tag(images['flannel']['image'])}",
+                ),
+            ),
+            GoTarget(
+                "flannel-cni-plugin",
+                images["flannel-cni-plugin"]["go_module"],
+                images["flannel-cni-plugin"]["module_version"],
+                {"flannel": f"{images['flannel-cni-plugin']['go_module']}/plugins/meta/flannel"},
+                ldflags=("-s", "-w"),
+            ),
+        )
+    }
+
+
+def _tag(image: str) -> str:
+    return image.rsplit(":", 1)[1]
+
+
+def go_version() -> str:
+    result = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ApplianceError("the Go toolchain is not installed (`go` not found); install Go 1.22 or newer")
+    return result.stdout.strip()
+
+
+def recipe_digest(target: GoTarget) -> str:
+    recipe = json.dumps(
+        {"target": asdict(target), "go": go_version(), "wrapper": WRAPPER_FORMAT}, sort_keys=True
+    )
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+WRAPPER_FORMAT = 1  # bump when the way wrapper modules are written changes
+
+
+def cache_root() -> Path:
+    return paths.cache_dir() / "bundle" / "go"
+
+
+def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
+    """Build TARGET's binaries (or find them in the cache); return the directory that holds them."""
+    output = cache_root() / "out" / f"{target.name}-{target.version}-{recipe_digest(target)}"
+    if all((output / name).is_file() for name in target.binaries):
+        return output
+    work = cache_root() / "work" / f"{target.name}-{target.version}"
+    work.mkdir(parents=True, exist_ok=True)
+    env = _go_env(target)
+    log(f"go: {target.module}@{target.version}: writing the wrapper module")
+    _write_wrapper(target, work)
+    go_directive = next(
+        line.split()[1] for line in (work / "go.mod").read_text().splitlines() if line.startswith("go ")
+    )
+    _go(
+        ["mod", "tidy", f"-compat={go_directive}"],
+        work,
+        env,
+        f"go mod tidy for {target.module}@{target.version}",
+    )
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for binary, package in sorted(target.binaries.items()):
+        log(f"go: building {binary} ({package}@{target.version})")
+        command = [
+            "build",
+            "-trimpath",
+            "-buildvcs=false",
+            "-ldflags",
+            " ".join((*target.ldflags, "-buildid=")),
+        ]
+        if target.tags:
+            command += ["-tags", ",".join(target.tags)]
+        _go([*command, "-o", str(staging / binary), package], work, env, f"go build of {binary}")
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    return output
+
+
+def _go_env(target: GoTarget) -> dict[str, str]:
+    go_cache = cache_root() / "gocache"
+    return {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOOS": "linux",
+        "GOARCH": "amd64",
+        "GOFLAGS": "-mod=mod",
+        "GOTOOLCHAIN": "local",
+        "GOCACHE": str(go_cache / "build"),
+        "GOMODCACHE": str(go_cache / "mod"),
+        **target.env,
+    }
+
+
+def _go(arguments: list[str], work: Path, env: dict[str, str], what: str) -> None:
+    result = subprocess.run(
+        ["go", *arguments], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise ApplianceError(f"{what} failed: {' | '.join(lines[-4:])}")
+
+
+def fetch_go_mod(module: str, version: str) -> str:
+    """The go.mod of MODULE@VERSION, from the module proxy."""
+    url = f"{GOPROXY}/{_escape(module)}/@v/{version}.mod"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read().decode()
+    except OSError as error:
+        raise ApplianceError(f"cannot fetch {url}: {error}") from error
+
+
+def _escape(module: str) -> str:
+    """The module proxy's case encoding: an upper-case letter becomes '!' and its lower case."""
+    return re.sub(r"[A-Z]", lambda m: "!" + m.group().lower(), module)
+
+
+_REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)(?:\s+(\S+))?\s+=>\s+(\S+)(?:\s+(\S+))?\s*$")
+_REQUIRE = re.compile(r"^\s*(?:require\s+)?(\S+)\s+(v\S+)")
+
+
+def wrapper_go_mod(target: GoTarget, component_go_mod: str) -> str:
+    """The wrapper module's go.mod: require TARGET, restate its replaces (local ones resolved)."""
+    required: dict[str, str] = {}
+    replaces: list[str] = []
+    go_directive = "1.17"
+    block = None
+    for raw in component_go_mod.splitlines():
+        line = raw.split("//", 1)[0].rstrip()
+        stripped = line.strip()
+        if stripped.startswith("go "):
+            go_directive = stripped.split()[1]
+        if stripped in ("require (", "replace (", "exclude (", "retract ("):
+            block = stripped.split()[0]
+            continue
+        if stripped == ")":
+            block = None
+            continue
+        if block == "require" or stripped.startswith("require "):
+            match = _REQUIRE.match(stripped)
+            if match:
+                required[match.group(1)] = match.group(2)
+        elif block == "replace" or stripped.startswith("replace "):
+            match = _REPLACE.match(stripped)
+            if not match:
+                continue
+            old, old_version, new, new_version = match.groups()
+            if new.startswith((".", "/")):
+                if old not in required:
+                    continue  # a guard such as etcd's `go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY`
+                version = target.staging_version if required[old] == "v0.0.0" else required[old]
+                if not version:
+                    raise ApplianceError(
+                        f"{target.module} replaces {old} with {new} at v0.0.0; no version is set"
+                    )
+                replaces.append(f"{old} => {old} {version}")
+            else:
+                left = f"{old} {old_version}" if old_version else old
+                replaces.append(f"{left} => {new} {new_version}")
+    go_directive = wrapper_go_directive(go_directive)
+    lines = [
+        f"module appliance.build/{target.name}",
+        "",
+        f"go {go_directive}",
+        "",
+        f"require {target.module} {target.version}",
+    ]
+    if replaces:
+        lines += ["", "replace (", *(f"\t{r}" for r in replaces), ")"]
+    return "\n".join(lines) + "\n"
+
+
+def wrapper_go_directive(component_go: str) -> str:
+    """The component's go directive, raised to 1.17 so that the module graph is pruned as modern Go
+    expects (older ones make `go mod tidy` fail its 1.16 compatibility check)."""
+    major, minor = (int(part) for part in component_go.split(".")[:2])
+    return component_go if (major, minor) >= (1, 17) else "1.17"
+
+
+def _write_wrapper(target: GoTarget, work: Path) -> None:
+    go_mod = wrapper_go_mod(target, fetch_go_mod(target.module, target.version))
+    (work / "go.mod").write_text(go_mod)
+    # Imports of the main packages keep `go mod tidy` from dropping what they need.
+    imports = "\n".join(f'\t_ "{package}"' for package in sorted(set(target.binaries.values())))
+    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")

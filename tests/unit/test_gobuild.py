@@ -1,0 +1,84 @@
+"""The wrapper modules that let components with local replace directives build from the module proxy."""
+
+from __future__ import annotations
+
+from appliance.bundle import gobuild, versions
+from tests.conftest import PROJECT
+
+KUBERNETES_GO_MOD = """module k8s.io/kubernetes
+
+go 1.16
+
+require (
+\tgithub.com/spf13/cobra v1.2.1
+\tk8s.io/api v0.0.0
+\tk8s.io/client-go v0.0.0
+)
+
+replace (
+\tgithub.com/spf13/cobra => github.com/spf13/cobra v1.2.1
+\tk8s.io/api => ./staging/src/k8s.io/api
+\tk8s.io/client-go => ./staging/src/k8s.io/client-go
+)
+"""
+
+ETCD_SERVER_GO_MOD = """module go.etcd.io/etcd/server/v3
+
+go 1.16
+
+require (
+\tgo.etcd.io/etcd/client/v2 v2.305.1
+\tgo.etcd.io/etcd/raft/v3 v3.5.1
+)
+
+replace (
+\tgo.etcd.io/etcd/client/v2 => ./../client/v2
+\tgo.etcd.io/etcd/raft/v3 => ../raft
+)
+
+// Bad imports are sometimes causing attempts to pull that code.
+// This makes the error more explicit.
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+"""
+
+
+def targets():
+    return gobuild.targets(versions.load(versions.versions_file(PROJECT)))
+
+
+def test_kubernetes_staging_modules_become_their_published_releases():
+    go_mod = gobuild.wrapper_go_mod(targets()["kubernetes"], KUBERNETES_GO_MOD)
+    assert "require k8s.io/kubernetes v1.23.5" in go_mod
+    assert "\tk8s.io/api => k8s.io/api v0.23.5" in go_mod
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.23.5" in go_mod
+    assert "\tgithub.com/spf13/cobra => github.com/spf13/cobra v1.2.1" in go_mod
+    assert "go 1.17" in go_mod  # raised so that `go mod tidy` prunes the module graph
+
+
+def test_local_replaces_take_the_required_version_and_guards_are_dropped():
+    target = targets()["etcd"]
+    go_mod = gobuild.wrapper_go_mod(target, ETCD_SERVER_GO_MOD)
+    assert "\tgo.etcd.io/etcd/client/v2 => go.etcd.io/etcd/client/v2 v2.305.1" in go_mod
+    assert "\tgo.etcd.io/etcd/raft/v3 => go.etcd.io/etcd/raft/v3 v3.5.1" in go_mod
+    assert "FORBIDDEN_DEPENDENCY" not in go_mod
+
+
+def test_kubernetes_binaries_carry_the_release_version():
+    target = targets()["kubernetes"]
+    flags = " ".join(target.ldflags)
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"-X {package}.gitVersion=v1.23.5" in flags
+        assert f"-X {package}.gitCommit=c285e781331a3785a7f436042c65c5641ce8a9e9" in flags
+        assert f"-X {package}.buildDate=2022-03-16T15:58:47Z" in flags
+    control_plane = {"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"}
+    assert set(target.binaries) == {"kubeadm", "kubelet", "kubectl", *control_plane}
+
+
+def test_recipe_digest_changes_with_the_recipe():
+    target = targets()["helm"]
+    changed = gobuild.GoTarget(**{**target.__dict__, "version": "v3.8.3"})
+    assert gobuild.recipe_digest(target) != gobuild.recipe_digest(changed)
+
+
+def test_module_proxy_case_encoding():
+    assert gobuild._escape("github.com/NVIDIA/gpu-operator") == "github.com/!n!v!i!d!i!a/gpu-operator"
