@@ -48,6 +48,7 @@ class GoTarget:
     ldflags: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     staging_version: str | None = None  # version of modules the component replaces with ./staging paths
+    source: str | None = None  # "module version" to build instead, when the proxy serves only a fork
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -75,6 +76,7 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
     binaries = data["binaries"]
     images = data["images"]
     helm = binaries["helm"]["version"]
+    crictl = binaries["crictl"]
     cni = binaries["cni-plugins"]["version"]
     return {
         target.name: target
@@ -102,6 +104,14 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                     "-w",
                     f"-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion={cni}",
                 ),
+            ),
+            GoTarget(
+                "crictl",
+                crictl["go_module"],
+                crictl["version"],
+                {"crictl": f"{crictl['go_module']}/cmd/crictl"},
+                ldflags=("-s", "-w", f"-X {crictl['go_module']}/pkg/version.Version={crictl['version']}"),
+                source=crictl.get("go_source"),
             ),
             GoTarget(
                 "helm",
@@ -138,7 +148,10 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                     "-s",
                     "-w",
                     f"-X github.com/flannel-io/flannel/version.Version={_tag(images['flannel']['image'])}",
+                    "-extldflags=-static",
                 ),
+                # The udp backend is cgo on amd64; flannel's release builds it so, linked statically.
+                env={"CGO_ENABLED": "1"},
             ),
             GoTarget(
                 "flannel-cni-plugin",
@@ -297,6 +310,8 @@ def wrapper_go_mod(target: GoTarget, component_go_mod: str) -> str:
                 left = f"{old} {old_version}" if old_version else old
                 replaces.append(f"{left} => {new} {new_version}")
     go_directive = wrapper_go_directive(go_directive)
+    if target.source:
+        replaces.append(f"{target.module} => {target.source}")
     lines = [
         f"module appliance.build/{target.name}",
         "",
@@ -317,7 +332,8 @@ def wrapper_go_directive(component_go: str) -> str:
 
 
 def _write_wrapper(target: GoTarget, work: Path) -> None:
-    go_mod = wrapper_go_mod(target, fetch_go_mod(target.module, target.version))
+    module, version = target.source.split() if target.source else (target.module, target.version)
+    go_mod = wrapper_go_mod(target, fetch_go_mod(module, version))
     (work / "go.mod").write_text(go_mod)
     # Imports of the main packages keep `go mod tidy` from dropping what they need.
     imports = "\n".join(f'\t_ "{package}"' for package in sorted(set(target.binaries.values())))
