@@ -13,12 +13,14 @@ recipe and the Go version: a rebuild with nothing changed only checks that the b
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -158,7 +160,12 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                 images["flannel-cni-plugin"]["go_module"],
                 images["flannel-cni-plugin"]["module_version"],
                 {"flannel": f"{images['flannel-cni-plugin']['go_module']}/plugins/meta/flannel"},
-                ldflags=("-s", "-w"),
+                ldflags=(
+                    "-s",
+                    "-w",
+                    "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion="
+                    + _tag(images["flannel-cni-plugin"]["image"]),
+                ),
             ),
         )
     }
@@ -196,35 +203,42 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
         return output
     work = cache_root() / "work" / f"{target.name}-{target.version}"
     work.mkdir(parents=True, exist_ok=True)
-    env = _go_env(target)
-    log(f"go: {target.module}@{target.version}: writing the wrapper module")
-    _write_wrapper(target, work)
-    go_directive = next(
-        line.split()[1] for line in (work / "go.mod").read_text().splitlines() if line.startswith("go ")
-    )
-    _go(
-        ["mod", "tidy", f"-compat={go_directive}"],
-        work,
-        env,
-        f"go mod tidy for {target.module}@{target.version}",
-    )
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for binary, package in sorted(target.binaries.items()):
-        log(f"go: building {binary} ({package}@{target.version})")
-        command = [
-            "build",
-            "-trimpath",
-            "-buildvcs=false",
-            "-ldflags",
-            " ".join((*target.ldflags, "-buildid=")),
-        ]
-        if target.tags:
-            command += ["-tags", ",".join(target.tags)]
-        _go([*command, "-o", str(staging / binary), package], work, env, f"go build of {binary}")
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    # One build of a target at a time (two bundle builds may run at once); the second finds the result.
+    with open(work / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all((output / name).is_file() for name in target.binaries):
+            return output
+        env = _go_env(target)
+        log(f"go: {target.module}@{target.version}: writing the wrapper module")
+        _write_wrapper(target, work)
+        go_directive = next(
+            line.split()[1] for line in (work / "go.mod").read_text().splitlines() if line.startswith("go ")
+        )
+        _go(
+            ["mod", "tidy", f"-compat={go_directive}"],
+            work,
+            env,
+            f"go mod tidy for {target.module}@{target.version}",
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+        try:
+            for binary, package in sorted(target.binaries.items()):
+                log(f"go: building {binary} ({package}@{target.version})")
+                command = [
+                    "build",
+                    "-trimpath",
+                    "-buildvcs=false",
+                    "-ldflags",
+                    " ".join((*target.ldflags, "-buildid=")),
+                ]
+                if target.tags:
+                    command += ["-tags", ",".join(target.tags)]
+                _go([*command, "-o", str(staging / binary), package], work, env, f"go build of {binary}")
+            shutil.rmtree(output, ignore_errors=True)
+            staging.rename(output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

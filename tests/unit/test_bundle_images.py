@@ -1,0 +1,185 @@
+"""The image builder's pure parts: archive names, generated Dockerfiles and recipe digests (no docker)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle import images, versions
+from appliance.errors import ApplianceError
+
+ETCD = "k8s.gcr.io/etcd:3.5.1-0"
+KUBE_PROXY = "k8s.gcr.io/kube-proxy:v1.23.5"
+
+
+@pytest.mark.parametrize(
+    ("image", "file_name"),
+    [
+        ("k8s.gcr.io/pause:3.6", "k8s.gcr.io_pause_3.6.tar"),
+        ("k8s.gcr.io/coredns/coredns:v1.8.6", "k8s.gcr.io_coredns_coredns_v1.8.6.tar"),
+        (
+            "docker.io/rancher/mirrored-flannelcni-flannel:v0.19.2",
+            "docker.io_rancher_mirrored-flannelcni-flannel_v0.19.2.tar",
+        ),
+        ("registry.local:5000/team/app:1.0", "registry.local_5000_team_app_1.0.tar"),
+    ],
+)
+def test_archive_name_is_the_image_name_made_a_file_name(image: str, file_name: str) -> None:
+    assert images.archive_name(image) == file_name
+    assert images.archive_name(image) == images.archive_name(image)
+
+
+def test_every_image_of_versions_yml_gets_its_own_archive_and_a_recipe() -> None:
+    data = versions.load()
+    names = [entry["image"] for key, entry in data["images"].items() if key not in images.LATER]
+    files = [images.archive_name(name) for name in names]
+    assert len(set(files)) == len(names)
+    assert all("/" not in name and name.endswith(".tar") for name in files)
+    assert sorted(key for key in data["images"] if key not in images.LATER) == sorted(images.RECIPES)
+
+
+def test_two_images_with_the_same_archive_name_are_refused() -> None:
+    with pytest.raises(ApplianceError, match=re.escape("would both be saved as example.com_a_b_1.tar")):
+        images._check_file_names(["example.com/a/b:1", "example.com/a_b:1"])
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    binaries = tmp_path / "bin"
+    binaries.mkdir()
+    for name in ("etcd", "kube-proxy", "flanneld", "flannel"):
+        (binaries / name).write_bytes(f"{name} binary".encode())
+    ca_bundle = tmp_path / "ca-certificates.crt"
+    ca_bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"busybox")
+    return {"binaries": binaries, "ca_bundle": ca_bundle, "busybox": busybox}
+
+
+def test_recipe_digest_is_stable_and_follows_the_binary(inputs: dict[str, Path]) -> None:
+    def digest() -> str:
+        return images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
+
+    first = digest()
+    assert digest() == first
+    (inputs["binaries"] / "etcd").write_bytes(b"etcd binary, rebuilt")
+    assert digest() != first
+    (inputs["binaries"] / "etcd").write_bytes(b"etcd binary")
+    assert digest() == first
+
+
+def test_recipe_digest_ignores_where_the_binaries_are(inputs: dict[str, Path], tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(inputs["binaries"], elsewhere)
+    moved = images.plan_image("etcd", ETCD, elsewhere, ca_bundle=inputs["ca_bundle"])
+    original = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    assert moved.digest() == original.digest()
+
+
+def test_recipe_digest_follows_the_ca_bundle_the_base_and_the_version(inputs: dict[str, Path]) -> None:
+    etcd = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
+    inputs["ca_bundle"].write_text("another bundle\n")
+    assert images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest() != etcd
+    assert (
+        images.plan_image(
+            "etcd", "k8s.gcr.io/etcd:3.5.1-1", inputs["binaries"], ca_bundle=inputs["ca_bundle"]
+        ).digest()
+        != images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
+    )
+
+    def kube_proxy(base_id: str) -> str:
+        base = images.Base("appliance-image-base:0123", base_id)
+        return images.plan_image("kube-proxy", KUBE_PROXY, inputs["binaries"], base=base).digest()
+
+    assert kube_proxy("sha256:aaa") == kube_proxy("sha256:aaa")
+    assert kube_proxy("sha256:aaa") != kube_proxy("sha256:bbb")
+
+
+def test_static_images_are_from_scratch_with_a_distroless_like_tree(inputs: dict[str, Path]) -> None:
+    plan = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    assert plan.dockerfile.startswith("FROM scratch\nCOPY rootfs/ /\n")
+    assert "ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" in plan.dockerfile
+    assert 'org.opencontainers.image.version="3.5.1-0"' in plan.dockerfile
+    assert 'CMD ["/usr/local/bin/etcd"]' in plan.dockerfile
+    assert "ENTRYPOINT" not in plan.dockerfile  # kubeadm runs `etcd ...` as the container's command
+    assert plan.tree["tmp"] == images.Directory(0o1777)
+    assert {"etc/passwd", "etc/group", "etc/nsswitch.conf", images.CA_BUNDLE, "usr/local/bin/etcd"} <= set(
+        plan.tree
+    )
+    passwd = plan.tree["etc/passwd"]
+    assert isinstance(passwd, images.Content)
+    assert [line.split(":")[0] for line in passwd.data.decode().splitlines()] == ["root", "nobody"]
+
+
+def test_debian_images_build_on_the_local_base(inputs: dict[str, Path]) -> None:
+    base = images.Base("appliance-image-base:0123", "sha256:aaa")
+    plan = images.plan_image(
+        "flannel", "docker.io/rancher/mirrored-flannelcni-flannel:v0.19.2", inputs["binaries"], base=base
+    )
+    assert plan.dockerfile.startswith("FROM appliance-image-base:0123\n")
+    assert 'ENTRYPOINT ["/opt/bin/flanneld"]' in plan.dockerfile
+    assert set(plan.tree) == {"opt/bin/flanneld"}
+
+
+def test_pause_runs_as_65535_from_our_own_c_source() -> None:
+    plan = images.plan_image("pause", "k8s.gcr.io/pause:3.6", None)
+    assert 'ENTRYPOINT ["/pause"]' in plan.dockerfile
+    assert "USER 65535:65535" in plan.dockerfile
+    program = plan.tree["pause"]
+    assert isinstance(program, images.StaticProgram)
+    assert "SIGTERM" in program.source and 'VERSION="3.6"' in program.defines
+
+
+def test_flannel_cni_plugin_carries_busybox_for_cp(inputs: dict[str, Path]) -> None:
+    plan = images.plan_image(
+        "flannel-cni-plugin",
+        "docker.io/rancher/mirrored-flannelcni-flannel-cni-plugin:v1.1.0",
+        inputs["binaries"],
+        busybox=inputs["busybox"],
+    )
+    assert plan.dockerfile.startswith("FROM scratch\n")
+    assert plan.tree["bin/cp"] == images.Symlink("busybox")
+    assert plan.tree["bin/sh"] == images.Symlink("busybox")
+    assert "flannel" in plan.tree
+
+
+def test_unknown_image_and_missing_binary_are_one_line_errors(inputs: dict[str, Path]) -> None:
+    with pytest.raises(ApplianceError, match=r"images.mystery: no image recipe"):
+        images.plan_image("mystery", "example.com/mystery:1", None)
+    (inputs["binaries"] / "etcd").unlink()
+    with pytest.raises(ApplianceError, match=r"gobuild target etcd has no etcd") as error:
+        images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    assert "\n" not in str(error.value)
+
+
+def test_archive_is_saved_again_only_when_missing_or_from_another_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saves: list[str] = []
+
+    def fake_docker(*args: str, **_: object) -> None:
+        assert args[:2] == ("save", "--output")
+        saves.append(args[3])
+        Path(args[2]).write_bytes(b"archive of " + args[3].encode())
+
+    monkeypatch.setattr(images.docker, "docker", fake_docker)
+    archive = images._save(ETCD, "digest1", tmp_path, log=lambda _: None)
+    assert archive == tmp_path / "k8s.gcr.io_etcd_3.5.1-0.tar"
+    images._save(ETCD, "digest1", tmp_path, log=lambda _: None)
+    assert saves == [ETCD]
+    images._save(ETCD, "digest2", tmp_path, log=lambda _: None)
+    assert saves == [ETCD, ETCD]
+    archive.unlink()
+    images._save(ETCD, "digest2", tmp_path, log=lambda _: None)
+    assert saves == [ETCD, ETCD, ETCD]
+    assert archive.stat().st_mode & 0o777 == 0o644
+
+
+def test_build_images_refuses_an_image_it_has_no_recipe_for_before_touching_docker(tmp_path: Path) -> None:
+    data = {"images": {"mystery": {"image": "example.com/mystery:1"}, "gpu-operator": {"image": "x/y:1"}}}
+    with pytest.raises(ApplianceError, match=r"no image recipe for mystery in"):
+        images.build_images(data, lambda _: tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
