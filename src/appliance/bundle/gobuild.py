@@ -51,6 +51,8 @@ class GoTarget:
     tags: tuple[str, ...] = ()
     staging_version: str | None = None  # version of modules the component replaces with ./staging paths
     source: str | None = None  # "module version" to build instead, when the proxy serves only a fork
+    # The fork turns the command's main package into a library with Main(); a two-line main calls it.
+    library_main: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,6 +116,7 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                 {"crictl": f"{crictl['go_module']}/cmd/crictl"},
                 ldflags=("-s", "-w", f"-X {crictl['go_module']}/pkg/version.Version={crictl['version']}"),
                 source=crictl.get("go_source"),
+                library_main=bool(crictl.get("go_source")),
                 # The checksum database has no record of the fork: it is trusted as the proxy serves it.
                 env={"GONOSUMDB": crictl["go_source"].split()[0]} if crictl.get("go_source") else {},
             ),
@@ -236,12 +239,26 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
                 ]
                 if target.tags:
                     command += ["-tags", ",".join(target.tags)]
-                _go([*command, "-o", str(staging / binary), package], work, env, f"go build of {binary}")
+                _go([*command, "-o", str(staging / binary), _main_package(target, binary, package, work)],
+                    work, env, f"go build of {binary}")  # fmt: skip
+            staging.chmod(0o755)
             shutil.rmtree(output, ignore_errors=True)
             staging.rename(output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def _main_package(target: GoTarget, binary: str, package: str, work: Path) -> str:
+    """PACKAGE itself, or (library_main) a main package in the wrapper module that calls PACKAGE.Main."""
+    if not target.library_main:
+        return package
+    shim = work / "cmd" / binary
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "main.go").write_text(
+        f'package main\n\nimport command "{package}"\n\nfunc main() {{ command.Main() }}\n'
+    )
+    return f"./cmd/{binary}"
 
 
 def _go_env(target: GoTarget) -> dict[str, str]:
