@@ -158,6 +158,28 @@ def lab_image() -> None:
     print(image.ensure_image(log=lambda line: errors.print(f"lab: {line}", highlight=False)))
 
 
+@bundle_app.command("build")
+def bundle_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the bundle to.")],
+    source: Annotated[
+        str, typer.Option("--source", help="Where artifacts come from: build (from source).")
+    ] = "build",
+) -> None:
+    """Build the offline bundle: binaries, apt repository, images, charts, manifests, manifest.json."""
+    from appliance.bundle import build  # imports the builders only when building
+
+    result = build.build_bundle(
+        out, source, log=lambda line: console.print(f"bundle: {line}", highlight=False)
+    )
+    size = result.size / 2**20
+    console.print(
+        f"bundle {result.out}: {result.files} files, {size:.0f} MiB, built in {result.seconds:.0f} s\n"
+        f"manifest sha256 {result.manifest_sha256} (carry it to the site: bundle verify --manifest-sha256)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @bundle_app.command("verify")
 def bundle_verify(
     directory: Annotated[Path, typer.Argument(help="The bundle directory (holding manifest.json).")],

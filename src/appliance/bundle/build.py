@@ -1,0 +1,185 @@
+"""`appliance bundle build`: assemble every artifact of an appliance into one verifiable directory.
+
+Layout (stable; manifest.json lists every file with its component, version, size and sha256):
+
+    bin/         kubeadm, kubelet, kubectl, helm (the raw binaries, for hosts without apt)
+    debs/        an apt repository: the Kubernetes packages as the former upstream repository shipped
+                 them, and the OS packages (docker.io, containerd, docker-registry, ...) with the
+                 dependencies a minimal install lacks; Packages, Packages.gz, Release
+    images/      one `docker save` archive per image, tagged with its exact upstream name
+    charts/      Helm charts (.tgz)
+    manifests/   Kubernetes manifests (kube-flannel.yml)
+
+The heavy steps cache their results outside the work tree (~/.cache/appliance/bundle/), keyed by what
+they are built from, so a rebuild with nothing changed takes seconds. The bundle is assembled in a
+sibling directory and moved into place only when complete: an interrupted build leaves no half bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance import paths
+from appliance.bundle import debs, gobuild, images, manifest, versions
+from appliance.errors import ApplianceError, UsageError
+from appliance.lab import image as node_image
+
+SOURCES = ("build",)
+BUNDLE_BINARIES = {
+    "kubeadm": "kubernetes",
+    "kubelet": "kubernetes",
+    "kubectl": "kubernetes",
+    "crictl": "crictl",
+    "helm": "helm",
+}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    manifest_sha256: str
+    files: int
+    size: int
+    seconds: float
+
+
+def build_bundle(out: Path, source: str = "build", log: Callable[[str], None] = print) -> BuildResult:
+    """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory)."""
+    if source not in SOURCES:
+        raise UsageError(f"--source {source}: this toolkit builds bundles from: {', '.join(SOURCES)}")
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()) and not (out / manifest.MANIFEST).exists():
+        raise UsageError(
+            f"{out} is a non-empty directory that holds no bundle; give an empty or new directory"
+        )
+    started = time.monotonic()
+    project = paths.project_root()
+    data = versions.load(versions.versions_file(project))
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        owners = _assemble(staging, data, project, log)
+        meta = {
+            "kubernetes": data["kubernetes"]["version"],
+            "source": source,
+            "versions_sha256": manifest.sha256_of(versions.versions_file(project)),
+        }
+        digest = manifest.write(staging, owners, meta)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    files = manifest.load(out)["files"]
+    return BuildResult(
+        out, digest, len(files), sum(f["size"] for f in files.values()), time.monotonic() - started
+    )
+
+
+def _assemble(
+    root: Path, data: dict[str, Any], project: Path, log: Callable[[str], None]
+) -> dict[str, tuple[str, str]]:
+    """Put every artifact under ROOT; return which component owns each file (or directory prefix)."""
+    targets = gobuild.targets(data)
+    built: dict[str, Path] = {}
+
+    def binaries(target: str) -> Path:
+        if target not in built:
+            built[target] = gobuild.build(targets[target], log)
+        return built[target]
+
+    owners: dict[str, tuple[str, str]] = {}
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    for name, target in BUNDLE_BINARIES.items():
+        _copy(binaries(target) / name, bin_dir / name)
+        owners[f"bin/{name}"] = (name, data["binaries"][name]["version"])
+
+    debs_dir = root / "debs"
+    debs_dir.mkdir()
+    kube_inputs = {name: binaries("kubernetes") / name for name in ("kubeadm", "kubelet", "kubectl")}
+    kube_inputs["crictl"] = binaries("crictl") / "crictl"
+    kube_inputs["cni-plugins"] = binaries("cni-plugins")
+    log("debs: packaging kubeadm, kubelet, kubectl, kubernetes-cni, cri-tools")
+    packaged = debs.package_kubernetes_debs(kube_inputs, data, debs_dir)
+    for deb in [*packaged, *(_copy(deb, debs_dir / deb.name) for deb in _os_packages(data, log))]:
+        package, version = deb.name.split("_")[:2]
+        owners[f"debs/{deb.name}"] = (package, version)
+    debs.index_repository(debs_dir, epoch=debs.source_date_epoch(data))
+    owners["debs/"] = ("apt-repository", data["kubernetes"]["deb_version"])
+
+    images_dir = root / "images"
+    images_dir.mkdir()
+    for name, archive in images.build_images(
+        data, binaries, paths.cache_dir() / "bundle" / "images", log
+    ).items():
+        _copy(archive, images_dir / archive.name)
+        owners[f"images/{archive.name}"] = (name.rsplit(":", 1)[0], name.rsplit(":", 1)[1])
+
+    charts_dir = root / "charts"
+    charts_dir.mkdir()
+    for name, chart in data["charts"].items():
+        packaged = _package_chart(project / chart["source"], binaries("helm") / "helm", charts_dir)
+        owners[f"charts/{packaged.name}"] = (name, chart["version"])
+
+    manifests_dir = root / "manifests"
+    manifests_dir.mkdir()
+    for name, entry in data["manifests"].items():
+        source = project / entry["source"]
+        if not source.is_file():
+            raise ApplianceError(f"manifest {name}: {source} is missing")
+        _copy(source, manifests_dir / source.name)
+        owners[f"manifests/{source.name}"] = (name, entry["version"])
+    return owners
+
+
+def _os_packages(data: dict[str, Any], log: Callable[[str], None]) -> list[Path]:
+    """The OS packages and their dependencies, downloaded once per package list and node image."""
+    packages = sorted({*data["os_packages"]["debian-12"], *debs.os_dependencies()})
+    tag = node_image.ensure_image(log)
+    key = hashlib.sha256(json.dumps({"packages": packages, "image": tag}).encode()).hexdigest()[:16]
+    cache = paths.cache_dir() / "bundle" / "os-packages" / f"debian-12-{key}"
+    if not (cache / ".complete").exists():
+        log(f"debs: downloading {len(packages)} OS packages and their dependencies from Debian's archive")
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        debs.download_os_packages(packages, tag, cache)
+        (cache / ".complete").touch()
+    return sorted(cache.glob("*.deb"))
+
+
+def _package_chart(source: Path, helm: Path, out: Path) -> Path:
+    chart_dir = source / "chart" if (source / "chart" / "Chart.yaml").exists() else source
+    if not (chart_dir / "Chart.yaml").exists():
+        raise ApplianceError(f"no Helm chart (Chart.yaml) in {source}")
+    with tempfile.TemporaryDirectory(
+        prefix="appliance-helm-"
+    ) as home:  # no state in the user's ~/.cache/helm
+        env = {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home, "HELM_DATA_HOME": home}
+        result = subprocess.run(
+            [str(helm), "package", str(chart_dir), "--destination", str(out)],
+            capture_output=True, text=True, check=False, env=env,
+        )  # fmt: skip
+    if result.returncode != 0:
+        raise ApplianceError(f"helm package {chart_dir} failed: {result.stderr.strip()}")
+    return Path(result.stdout.strip().rsplit(": ", 1)[1])
+
+
+def _copy(source: Path, target: Path) -> Path:
+    """Copy SOURCE (from a cache) into the bundle. Never a hard link: a bundle altered in place (by
+    accident or on purpose) must not alter the cache that the next bundle is built from."""
+    shutil.copyfile(source, target)
+    shutil.copymode(source, target)
+    return target
