@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.bundle import gobuild, versions
+from appliance.bundle import gobuild, openapi, versions
 from tests.conftest import PROJECT
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
@@ -82,3 +82,30 @@ def test_recipe_digest_changes_with_the_recipe():
 
 def test_module_proxy_case_encoding():
     assert gobuild._escape("github.com/NVIDIA/gpu-operator") == "github.com/!n!v!i!d!i!a/gpu-operator"
+
+
+def test_openapi_inputs_are_the_tagged_packages_of_kubernetes_and_its_staging_modules(tmp_path):
+    def write(path: str, text: str) -> None:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+
+    tagged = "// +k8s:openapi-gen=true\npackage v1\n"
+    write("kubernetes/pkg/apis/core/v1/doc.go", tagged)
+    write("kubernetes/pkg/apis/core/v1/types.go", "package v1\n")
+    write("kubernetes/pkg/untagged/doc.go", "// +k8s:deepcopy-gen=package\npackage untagged\n")
+    write("kubernetes/vendor/k8s.io/x/doc.go", tagged)  # vendor trees are skipped
+    write("kubernetes/_output/doc.go", tagged)
+    write("api/core/v1/doc.go", tagged)
+    write("code-generator/examples/doc.go", tagged)  # upstream's scan leaves these out
+    staging = {name: tmp_path / name for name in ("api", "code-generator")}
+    assert openapi.input_packages(tmp_path / "kubernetes", staging) == [
+        "k8s.io/api/core/v1",
+        "k8s.io/kubernetes/pkg/apis/core/v1",
+    ]
+
+
+def test_extra_replaces_point_kubernetes_at_the_generated_copy():
+    target = targets()["kubernetes"]
+    assert target.openapi
+    go_mod = gobuild.wrapper_go_mod(target, KUBERNETES_GO_MOD, ["k8s.io/kubernetes => ./src/kubernetes"])
+    assert "\tk8s.io/kubernetes => ./src/kubernetes" in go_mod

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
+from appliance.bundle import openapi
 from appliance.errors import ApplianceError
 
 GOPROXY = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
@@ -53,6 +54,8 @@ class GoTarget:
     source: str | None = None  # "module version" to build instead, when the proxy serves only a fork
     # The fork turns the command's main package into a library with Main(); a two-line main calls it.
     library_main: bool = False
+    # Kubernetes: generate pkg/generated/openapi, which its module zip lacks (see openapi.py).
+    openapi: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,6 +96,7 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                 # As hack/lib/golang.sh of release-1.23 builds them.
                 ldflags=("-s", "-w", *kube_version_flags),
                 tags=("selinux", "notest"),
+                openapi=True,
                 staging_version="v0." + version.lstrip("v").split(".", 1)[1],
             ),
             GoTarget(
@@ -216,15 +220,12 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
         env = _go_env(target)
         log(f"go: {target.module}@{target.version}: writing the wrapper module")
         _write_wrapper(target, work)
-        go_directive = next(
-            line.split()[1] for line in (work / "go.mod").read_text().splitlines() if line.startswith("go ")
-        )
-        _go(
-            ["mod", "tidy", f"-compat={go_directive}"],
-            work,
-            env,
-            f"go mod tidy for {target.module}@{target.version}",
-        )
+        _tidy(target, work, env)
+        if target.openapi:
+            assert target.staging_version is not None
+            local = openapi.prepare(work, target.version, target.staging_version, env, log)
+            _write_wrapper(target, work, extra_replaces=[local])
+            _tidy(target, work, env)
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
         try:
@@ -247,6 +248,17 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def _tidy(target: GoTarget, work: Path, env: dict[str, str]) -> None:
+    go_mod = (work / "go.mod").read_text().splitlines()
+    go_directive = next(line.split()[1] for line in go_mod if line.startswith("go "))
+    _go(
+        ["mod", "tidy", f"-compat={go_directive}"],
+        work,
+        env,
+        f"go mod tidy for {target.module}@{target.version}",
+    )
 
 
 def _main_package(target: GoTarget, binary: str, package: str, work: Path) -> str:
@@ -304,7 +316,7 @@ _REPLACE = re.compile(r"^\s*(?:replace\s+)?(\S+)(?:\s+(\S+))?\s+=>\s+(\S+)(?:\s+
 _REQUIRE = re.compile(r"^\s*(?:require\s+)?(\S+)\s+(v\S+)")
 
 
-def wrapper_go_mod(target: GoTarget, component_go_mod: str) -> str:
+def wrapper_go_mod(target: GoTarget, component_go_mod: str, extra_replaces: list[str] | None = None) -> str:
     """The wrapper module's go.mod: require TARGET, restate its replaces (local ones resolved)."""
     required: dict[str, str] = {}
     replaces: list[str] = []
@@ -345,6 +357,7 @@ def wrapper_go_mod(target: GoTarget, component_go_mod: str) -> str:
     go_directive = wrapper_go_directive(go_directive)
     if target.source:
         replaces.append(f"{target.module} => {target.source}")
+    replaces += extra_replaces or []
     lines = [
         f"module appliance.build/{target.name}",
         "",
@@ -364,10 +377,11 @@ def wrapper_go_directive(component_go: str) -> str:
     return component_go if (major, minor) >= (1, 17) else "1.17"
 
 
-def _write_wrapper(target: GoTarget, work: Path) -> None:
+def _write_wrapper(target: GoTarget, work: Path, extra_replaces: list[str] | None = None) -> None:
     module, version = target.source.split() if target.source else (target.module, target.version)
-    go_mod = wrapper_go_mod(target, fetch_go_mod(module, version))
+    go_mod = wrapper_go_mod(target, fetch_go_mod(module, version), extra_replaces or [])
     (work / "go.mod").write_text(go_mod)
     # Imports of the main packages keep `go mod tidy` from dropping what they need.
-    imports = "\n".join(f'\t_ "{package}"' for package in sorted(set(target.binaries.values())))
+    packages = {*target.binaries.values(), *([openapi.OPENAPI_GEN] if target.openapi else [])}
+    imports = "\n".join(f'\t_ "{package}"' for package in sorted(packages))
     (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
