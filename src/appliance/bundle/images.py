@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from appliance import paths
 from appliance.errors import ApplianceError
 from appliance.lab import docker
+from appliance.lab import image as node_image
 
 Log = Callable[[str], None]
 _T = TypeVar("_T")
@@ -53,8 +54,8 @@ CC_FLAGS = ("-static", "-Os", "-s", "-Wall")
 BUSYBOX_APPLETS = ("sh", "cp", "mv", "rm", "ln", "ls", "cat", "mkdir", "chmod")
 
 BASE_REPOSITORY = "appliance-image-base"
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+SUITE = node_image.SUITE
+MIRROR = node_image.MIRROR
 BASE_PACKAGES = ("iptables", "conntrack", "iproute2", "ca-certificates")
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 
@@ -443,7 +444,7 @@ def _build(plan: ImagePlan, digest: str, log: Log) -> None:
         # The classic builder: it never pulls an image that exists locally, and FROM scratch needs none.
         _run(
             [
-                _docker(),
+                docker.binary(),
                 "build",
                 "--quiet",
                 "--force-rm",
@@ -515,22 +516,10 @@ def ensure_base(log: Log = print) -> Base:
     found = _image_id(tag)
     if found:
         return Base(tag, found)
-    if shutil.which("debootstrap") is None:
-        raise ApplianceError("debootstrap is not installed; run `make setup`")
     log(f"images: building the Debian base {tag} from {MIRROR} ({SUITE}); about a minute")
     with tempfile.TemporaryDirectory(prefix="appliance-image-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                MIRROR,
-            ],
-            "debootstrap of the image base",
-        )
+        node_image.debootstrap(rootfs, BASE_PACKAGES)
         (rootfs / "usr/sbin/iptables-wrapper").write_text(_recipe_file("iptables-wrapper"))
         script = rootfs / "tmp" / "base-rootfs.sh"
         script.write_text(_recipe_file("base-rootfs.sh"))
@@ -544,31 +533,8 @@ def ensure_base(log: Log = print) -> Base:
 
 
 def _import(rootfs: Path, tag: str) -> None:
-    # Stream the tree into `docker import`; the parent must not keep the pipe open.
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-    imported = subprocess.Popen(
-        [
-            _docker(),
-            "import",
-            "--change",
-            f"ENV PATH={DEBIAN_PATH}",
-            "--change",
-            'CMD ["/bin/bash"]',
-            "--change",
-            f"LABEL {RECIPE_LABEL}={base_recipe_digest()}",
-            "-",
-            tag,
-        ],
-        stdin=tar.stdout,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert tar.stdout is not None
-    tar.stdout.close()
-    _, errors = imported.communicate()
-    if tar.wait() != 0 or imported.returncode != 0:
-        raise ApplianceError(f"docker import of {tag} failed: {errors.strip()}")
+    changes = [f"ENV PATH={DEBIAN_PATH}", 'CMD ["/bin/bash"]', f"LABEL {RECIPE_LABEL}={base_recipe_digest()}"]
+    docker.import_rootfs(rootfs, tag, changes)
 
 
 def _inputs_dir(base: Base) -> Path:
@@ -582,7 +548,7 @@ def ensure_ca_bundle(base: Base, log: Log = print) -> Path:
     if not path.is_file():
         log(f"images: taking the CA certificates from {base.tag}")
         data = _run_bytes(
-            [_docker(), "run", "--rm", base.tag, "cat", f"/{CA_BUNDLE}"], "reading the CA bundle"
+            [docker.binary(), "run", "--rm", base.tag, "cat", f"/{CA_BUNDLE}"], "reading the CA bundle"
         )
         _write_atomic(path, data, 0o644)
     return path
@@ -599,7 +565,9 @@ def ensure_busybox(base: Base, log: Log = print) -> Path:
         "apt-get download -qq busybox-static >/dev/null 2>&1; dpkg-deb -x busybox-static_*.deb root; "
         "cp root/bin/busybox .; tar -c busybox busybox-static_*.deb"
     )
-    data = _run_bytes([_docker(), "run", "--rm", base.tag, "sh", "-c", script], "download of busybox-static")
+    data = _run_bytes(
+        [docker.binary(), "run", "--rm", base.tag, "sh", "-c", script], "download of busybox-static"
+    )
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         for member in archive.getmembers():
             handle = archive.extractfile(member)
@@ -621,15 +589,6 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
 
 
 # --- Commands ---------------------------------------------------------------------------------------
-
-
-def _docker() -> str:
-    binary = shutil.which("docker")
-    if binary is None:
-        raise ApplianceError(
-            "the docker CLI is not installed; run `make setup` (installs Debian's docker.io)"
-        )
-    return binary
 
 
 def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> str:

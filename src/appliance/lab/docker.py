@@ -6,12 +6,14 @@ import json
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
 
 
-def _docker_binary() -> str:
+def binary() -> str:
+    """The docker CLI's path, or a readable error."""
     binary = shutil.which("docker")
     if binary is None:
         raise ApplianceError(
@@ -23,7 +25,7 @@ def _docker_binary() -> str:
 def docker(*args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `docker ARGS...` and return its result; raise ApplianceError with docker's message on failure."""
     result = subprocess.run(
-        [_docker_binary(), *args],
+        [binary(), *args],
         input=input_text,
         capture_output=True,
         text=True,
@@ -60,3 +62,21 @@ def inspect(kind: str, names: Sequence[str]) -> list[dict[str, Any]]:
 
 def image_exists(tag: str) -> bool:
     return docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def import_rootfs(rootfs: Path, tag: str, changes: Sequence[str]) -> None:
+    """`docker import` the directory ROOTFS as image TAG, with Dockerfile CHANGES (CMD, ENV, LABEL)."""
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+    change_args = [arg for change in changes for arg in ("--change", change)]
+    imported = subprocess.Popen(
+        [binary(), "import", *change_args, "-", tag],
+        stdin=tar.stdout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert tar.stdout is not None
+    tar.stdout.close()  # the parent must not keep the pipe open, or tar never sees its reader go
+    _, errors = imported.communicate()
+    if tar.wait() != 0 or imported.returncode != 0:
+        raise ApplianceError(f"docker import of {tag} failed: {errors.strip()}")

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -57,55 +58,40 @@ def ensure_image(log=print) -> str:
     docker.require_engine()
     if docker.image_exists(tag):
         return tag
-    if shutil.which("debootstrap") is None:
-        raise ApplianceError("debootstrap is not installed; run `make setup`")
     log(f"building node image {tag} from {MIRROR} ({SUITE}); about a minute")
     with tempfile.TemporaryDirectory(prefix="appliance-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(PACKAGES)}",
-                SUITE,
-                str(rootfs),
-                MIRROR,
-            ],
-            "debootstrap",
-        )
+        debootstrap(rootfs, PACKAGES)
         script = rootfs / "tmp" / "node-image.sh"
         script.write_text(_post_script())
         _run(["chroot", str(rootfs), "/bin/sh", "/tmp/node-image.sh"], "node-image.sh")
         script.unlink(missing_ok=True)
-        # Stream the tree into `docker import`; the parent must not keep the pipe open.
-        tar = subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
-        )
-        imported = subprocess.Popen(
+        docker.import_rootfs(
+            rootfs,
+            tag,
             [
-                "docker",
-                "import",
-                "--change",
                 'CMD ["/lib/systemd/systemd"]',
-                "--change",
                 "ENV container=docker",
-                "--change",
                 f"LABEL appliance.recipe={recipe_digest()}",
-                "-",
-                tag,
             ],
-            stdin=tar.stdout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
         )
-        assert tar.stdout is not None
-        tar.stdout.close()
-        _, import_errors = imported.communicate()
-        if tar.wait() != 0 or imported.returncode != 0:
-            raise ApplianceError(f"docker import of the node image failed: {import_errors.strip()}")
     docker.docker("tag", tag, f"{REPOSITORY}:latest")
     return tag
+
+
+def debootstrap(rootfs: Path, packages: Sequence[str]) -> None:
+    """A minimal Debian (SUITE, from MIRROR) with PACKAGES, in ROOTFS: the start of every local image."""
+    if shutil.which("debootstrap") is None:
+        raise ApplianceError("debootstrap is not installed; run `make setup`")
+    command = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(packages)}",
+        SUITE,
+        str(rootfs),
+        MIRROR,
+    ]
+    _run(command, "debootstrap")
 
 
 def _run(command: list[str], what: str) -> None:
