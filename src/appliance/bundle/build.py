@@ -131,7 +131,10 @@ def _assemble(
     charts_dir = root / "charts"
     charts_dir.mkdir()
     for name, chart in data["charts"].items():
-        packaged = _package_chart(project / chart["source"], binaries("helm") / "helm", charts_dir)
+        source = (project / chart["source"]).resolve()
+        if not source.exists():
+            raise ApplianceError(f"chart {name}: {source} is missing (versions.yml charts.{name}.source)")
+        packaged = _package_chart(source, binaries("helm") / "helm", charts_dir)
         owners[f"charts/{packaged.name}"] = (name, chart["version"])
 
     manifests_dir = root / "manifests"
@@ -139,7 +142,9 @@ def _assemble(
     for name, entry in data["manifests"].items():
         source = project / entry["source"]
         if not source.is_file():
-            raise ApplianceError(f"manifest {name}: {source} is missing")
+            raise ApplianceError(
+                f"manifest {name}: {source.resolve()} is missing (versions.yml manifests.{name}.source)"
+            )
         _copy(source, manifests_dir / source.name)
         owners[f"manifests/{source.name}"] = (name, entry["version"])
     return owners
