@@ -87,3 +87,10 @@ def test_one_altered_byte_in_any_part_is_named(bundle, kind):
     finally:
         victim.write_bytes(original)
     assert run_cli("bundle", "verify", str(out)).returncode == 0
+
+
+def test_rebuilding_with_nothing_changed_gives_the_same_bundle(bundle, tmp_path):
+    _, digest = bundle
+    result = run_cli("bundle", "build", "--out", str(tmp_path / "again"), timeout=3600)
+    assert result.returncode == 0, result.stderr
+    assert f"manifest sha256 {digest}" in result.stdout

@@ -112,9 +112,8 @@ def _assemble(
     kube_inputs = {name: binaries("kubernetes") / name for name in ("kubeadm", "kubelet", "kubectl")}
     kube_inputs["crictl"] = binaries("crictl") / "crictl"
     kube_inputs["cni-plugins"] = binaries("cni-plugins")
-    log("debs: packaging kubeadm, kubelet, kubectl, kubernetes-cni, cri-tools")
-    packaged = debs.package_kubernetes_debs(kube_inputs, data, debs_dir)
-    for deb in [*packaged, *(_copy(deb, debs_dir / deb.name) for deb in _os_packages(data, log))]:
+    packages = [*_kubernetes_debs(kube_inputs, data, log), *_os_packages(data, log)]
+    for deb in (_copy(package, debs_dir / package.name) for package in packages):
         package, version = deb.name.split("_")[:2]
         owners[f"debs/{deb.name}"] = (package, version)
     debs.index_repository(debs_dir, epoch=debs.source_date_epoch(data))
@@ -150,6 +149,26 @@ def _assemble(
     return owners
 
 
+def _kubernetes_debs(inputs: dict[str, Path], data: dict[str, Any], log: Callable[[str], None]) -> list[Path]:
+    """The Kubernetes .debs, cached by what they are made of: xz-compressing 350 MB of binaries takes
+    minutes, and the packages are reproducible, so the same inputs may reuse them."""
+    recipe = hashlib.sha256()
+    for name, path in sorted(inputs.items()):
+        for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+            recipe.update(f"{name}/{file.name}:{manifest.sha256_of(file)}\n".encode())
+    recipe.update(json.dumps(data, sort_keys=True).encode())
+    for part in (Path(debs.__file__), *sorted(Path(debs.__file__).with_name("deb-templates").rglob("*"))):
+        if part.is_file():
+            recipe.update(part.read_bytes())
+    cache = paths.cache_dir() / "bundle" / "kube-debs" / recipe.hexdigest()[:16]
+    if not (cache / ".complete").exists():
+        log("debs: packaging kubeadm, kubelet, kubectl, kubernetes-cni, cri-tools")
+        shutil.rmtree(cache, ignore_errors=True)
+        debs.package_kubernetes_debs(inputs, data, cache)
+        (cache / ".complete").touch()
+    return sorted(cache.glob("*.deb"))
+
+
 def _os_packages(data: dict[str, Any], log: Callable[[str], None]) -> list[Path]:
     """The OS packages and their dependencies, downloaded once per package list and node image."""
     packages = sorted({*data["os_packages"]["debian-12"], *debs.os_dependencies()})
@@ -166,20 +185,29 @@ def _os_packages(data: dict[str, Any], log: Callable[[str], None]) -> list[Path]
 
 
 def _package_chart(source: Path, helm: Path, out: Path) -> Path:
+    """`helm package` the chart in SOURCE into OUT. helm stamps the archive with the time of packaging,
+    so the result is cached by the chart's content and helm's version: the same chart, the same bytes."""
     chart_dir = source / "chart" if (source / "chart" / "Chart.yaml").exists() else source
     if not (chart_dir / "Chart.yaml").exists():
         raise ApplianceError(f"no Helm chart (Chart.yaml) in {source}")
-    with tempfile.TemporaryDirectory(
-        prefix="appliance-helm-"
-    ) as home:  # no state in the user's ~/.cache/helm
-        env = {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home, "HELM_DATA_HOME": home}
-        result = subprocess.run(
-            [str(helm), "package", str(chart_dir), "--destination", str(out)],
-            capture_output=True, text=True, check=False, env=env,
-        )  # fmt: skip
-    if result.returncode != 0:
-        raise ApplianceError(f"helm package {chart_dir} failed: {result.stderr.strip()}")
-    return Path(result.stdout.strip().rsplit(": ", 1)[1])
+    recipe = hashlib.sha256(manifest.sha256_of(helm).encode())
+    for file in sorted(p for p in chart_dir.rglob("*") if p.is_file()):
+        recipe.update(f"{file.relative_to(chart_dir)}:{manifest.sha256_of(file)}\n".encode())
+    cache = paths.cache_dir() / "bundle" / "charts" / recipe.hexdigest()[:16]
+    if not (cache / ".complete").exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        with tempfile.TemporaryDirectory(prefix="appliance-helm-") as home:  # no state in ~/.cache/helm
+            env = {**os.environ, "HELM_CACHE_HOME": home, "HELM_CONFIG_HOME": home, "HELM_DATA_HOME": home}
+            result = subprocess.run(
+                [str(helm), "package", str(chart_dir), "--destination", str(cache)],
+                capture_output=True, text=True, check=False, env=env,
+            )  # fmt: skip
+        if result.returncode != 0:
+            raise ApplianceError(f"helm package {chart_dir} failed: {result.stderr.strip()}")
+        (cache / ".complete").touch()
+    (packaged,) = cache.glob("*.tgz")
+    return _copy(packaged, out / packaged.name)
 
 
 def _copy(source: Path, target: Path) -> Path:
