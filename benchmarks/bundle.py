@@ -58,7 +58,9 @@ def main() -> None:
     )
     figures.append(("bundle verify", f"{timed('bundle', 'verify', str(options.out)):8.1f} s"))
     figures.append(("bundle size", f"{size_of(options.out) / 2**20:8.1f} MiB"))
-    figures.append(("bundle files", f"{sum(1 for p in options.out.rglob('*') if p.is_file()):8d}"))
+    figures.append(
+        ("bundle files (with manifest.json)", f"{sum(1 for p in options.out.rglob('*') if p.is_file()):8d}")
+    )
     width = max(len(label) for label, _ in figures)
     for label, value in figures:
         print(f"{label:<{width}}  {value}")
