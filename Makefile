@@ -20,8 +20,8 @@ lab-down: setup
 test: setup lint unit lab-test molecule
 
 lint:
-	ruff check src tests benchmarks molecule
-	ruff format --check src tests benchmarks molecule
+	ruff check src tests benchmarks molecule plugins
+	ruff format --check src tests benchmarks molecule plugins
 	ansible-lint
 
 unit:

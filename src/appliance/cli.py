@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from appliance import display, runner
+from appliance import display, paths, runner
 from appliance.bundle import manifest
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image, lab, nodes
@@ -158,6 +158,12 @@ def lab_image() -> None:
     print(image.ensure_image(log=lambda line: errors.print(f"lab: {line}", highlight=False)))
 
 
+@lab_app.command("bundle")
+def lab_bundle() -> None:
+    """Build (or refresh from the cache) the bundle the lab serves, where its inventory points."""
+    _build_bundle(paths.lab_bundle_dir(), "build")
+
+
 @bundle_app.command("build")
 def bundle_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the bundle to.")],
@@ -166,6 +172,10 @@ def bundle_build(
     ] = "build",
 ) -> None:
     """Build the offline bundle: binaries, apt repository, images, charts, manifests, manifest.json."""
+    _build_bundle(out, source)
+
+
+def _build_bundle(out: Path, source: str) -> None:
     from appliance.bundle import build  # imports the builders only when building
 
     result = build.build_bundle(

@@ -36,3 +36,8 @@ def state_dir() -> Path:
         os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state", "appliance"
     )
     return Path(base)
+
+
+def lab_bundle_dir() -> Path:
+    """The bundle every lab serves (`appliance lab bundle` builds it; the lab inventory points at it)."""
+    return state_dir() / "bundle"

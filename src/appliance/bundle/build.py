@@ -156,7 +156,9 @@ def _kubernetes_debs(inputs: dict[str, Path], data: dict[str, Any], log: Callabl
     for name, path in sorted(inputs.items()):
         for file in sorted(path.iterdir()) if path.is_dir() else [path]:
             recipe.update(f"{name}/{file.name}:{manifest.sha256_of(file)}\n".encode())
-    recipe.update(json.dumps(data, sort_keys=True).encode())
+    # Only the tables the packaging reads: a new OS package in versions.yml must not repackage these.
+    packaging = {table: data[table] for table in ("kubernetes", "binaries")}
+    recipe.update(json.dumps(packaging, sort_keys=True).encode())
     for part in (Path(debs.__file__), *sorted(Path(debs.__file__).with_name("deb-templates").rglob("*"))):
         if part.is_file():
             recipe.update(part.read_bytes())

@@ -143,6 +143,7 @@ def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
                 "ansible_ssh_private_key_file": str(files.key),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
                 "appliance_lab": True,
+                "appliance_bundle_dir": str(paths.lab_bundle_dir()),
             },
             "hosts": {name: {"ansible_host": address} for name, address in addresses.items()},
             "children": {

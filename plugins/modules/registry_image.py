@@ -1,0 +1,175 @@
+#!/usr/bin/python
+"""Ansible module registry_image: put a `docker save` archive into a registry under its upstream path."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: registry_image
+short_description: Push an image archive into a registry, under the path of its upstream name
+description:
+  - Reads a C(docker save) archive and pushes it with C(skopeo copy) to O(registry), as the upstream
+    name's path (C(k8s.gcr.io/coredns/coredns:v1.8.6) becomes C(REGISTRY/coredns/coredns:v1.8.6)), so that
+    a runtime mirroring the upstream registry finds it there.
+  - Idempotent, nothing is pushed when the registry already serves that tag with the archive's image
+    configuration (the image ID), so a second run reports no change.
+  - Needs C(skopeo) on the host; the registry is reached over plain HTTP, as a registry on the host itself.
+options:
+  archive:
+    description: Path of the C(docker save) archive on the host.
+    type: path
+    required: true
+  image:
+    description:
+      - Upstream name and tag of the image, for example C(k8s.gcr.io/pause:3.6); the archive must hold it.
+    type: str
+    required: true
+  registry:
+    description: Host and port of the registry, for example C(127.0.0.1:5001).
+    type: str
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+author:
+  - appliance maintainers
+"""
+
+EXAMPLES = r"""
+- name: Push pause into the bundle's registry
+  registry_image:
+    archive: /var/lib/appliance/bundle/images/k8s.gcr.io_pause_3.6.tar
+    image: k8s.gcr.io/pause:3.6
+    registry: 127.0.0.1:5001
+"""
+
+RETURN = r"""
+reference:
+  description: Where the image now is.
+  returned: always
+  type: str
+  sample: 127.0.0.1:5001/pause:3.6
+image_id:
+  description: sha256 of the image configuration, as C(docker images --no-trunc) shows it.
+  returned: always
+  type: str
+  sample: sha256:6270bb605e12e581514ada5fd5b3216f727db55dc87d5889c790e4c760683fee
+"""
+
+import json
+import tarfile
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """k8s.gcr.io/coredns/coredns:v1.8.6 -> ("coredns/coredns", "v1.8.6"); the registry host is the
+    first component when it has a dot or a port, or is localhost (docker's rule)."""
+    name, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag or not name:
+        raise ValueError(f"image {image!r} has no tag (expected NAME:TAG, for example k8s.gcr.io/pause:3.6)")
+    first, slash, rest = name.partition("/")
+    if not slash:
+        return f"library/{name}", tag
+    if "." in first or ":" in first or first == "localhost":
+        if first in ("docker.io", "index.docker.io") and "/" not in rest:
+            return f"library/{rest}", tag
+        return rest, tag
+    return name, tag
+
+
+def familiar(image: str) -> str:
+    """IMAGE as docker writes it in RepoTags, without docker.io/ (and library/): rancher/x:1, busybox:1."""
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+        if image.startswith(prefix):
+            return image.removeprefix(prefix)
+    return image
+
+
+def archive_image_id(archive: str, image: str) -> str:
+    """The image ID (config digest) of IMAGE in the `docker save` ARCHIVE."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("manifest.json")
+        if member is None:
+            raise ValueError(f"{archive} has no manifest.json: not a docker save archive")
+        entries = json.load(member)
+    for entry in entries:
+        if familiar(image) in [familiar(tag) for tag in entry.get("RepoTags") or []]:
+            config = entry["Config"].rsplit("/", 1)[-1]
+            return "sha256:" + config.removesuffix(".json")
+    tags = [tag for entry in entries for tag in entry.get("RepoTags") or []]
+    raise ValueError(f"{archive} does not hold {image} (it holds {', '.join(tags) or 'no tagged image'})")
+
+
+def registry_image_id(registry: str, path: str, tag: str) -> str | None:
+    """The config digest the registry serves for PATH:TAG, or None when it has no such tag."""
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            manifest = json.load(response)
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+    return manifest.get("config", {}).get("digest")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "archive": {"type": "path", "required": True},
+            "image": {"type": "str", "required": True},
+            "registry": {"type": "str", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    archive, image, registry = (module.params[key] for key in ("archive", "image", "registry"))
+    try:
+        path, tag = split_image(image)
+        wanted = archive_image_id(archive, image)
+    except (OSError, ValueError, tarfile.TarError, KeyError) as error:
+        module.fail_json(msg=f"registry_image: {error}")
+    reference = f"{registry}/{path}:{tag}"
+    try:
+        present = registry_image_id(registry, path, tag)
+    except (OSError, urllib.error.URLError, ValueError) as error:
+        module.fail_json(
+            msg=f"registry_image: cannot ask the registry at {registry} for {path}:{tag}: {error}"
+        )
+    if present == wanted:
+        module.exit_json(changed=False, reference=reference, image_id=wanted)
+    if not module.check_mode:
+        skopeo = module.get_bin_path("skopeo", required=True)
+        module.run_command(
+            [
+                skopeo,
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"docker-archive:{archive}:{image}",
+                f"docker://{reference}",
+            ],
+            check_rc=True,
+        )
+        pushed = registry_image_id(registry, path, tag)
+        if pushed != wanted:
+            module.fail_json(
+                msg=f"registry_image: after pushing, {reference} has image ID {pushed}, not {wanted}"
+            )
+    module.exit_json(changed=True, reference=reference, image_id=wanted)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Roles bundle_serve and bundle_client on lab nodes: the lab's bundle, served by cp-1 and used by a
+worker over the lab network; the real apt, nginx, registry, skopeo and containerd.
+
+Runs a lab of its own (APPLIANCE_LAB_NAME=labserve on 172.28.3.0/24, one worker).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.lab
+
+LAB_ENV = {"APPLIANCE_LAB_NAME": "labserve", "APPLIANCE_LAB_SUBNET": "172.28.3.0/24"}
+CP = "172.28.3.10"
+PLAYBOOK = "playbooks/bundle.yml"
+
+
+def lab_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env=LAB_ENV, timeout=timeout)
+
+
+def on(node: str, script: str) -> subprocess.CompletedProcess[str]:
+    return lab_cli("lab", "exec", node, "--", "sh", "-c", script)
+
+
+def run_playbook(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = lab_cli("run", PLAYBOOK, "--json", *extra)
+    try:
+        summary = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        summary = {}
+    return result, summary
+
+
+def changed(summary: dict) -> dict[str, int]:
+    return {host: tally["changed"] for host, tally in summary["hosts"].items()}
+
+
+@pytest.fixture(scope="module")
+def served():
+    built = run_cli("lab", "bundle", timeout=4 * 3600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr
+    digest = re.search(r"manifest sha256 ([0-9a-f]{64})", built.stdout).group(1)
+    bundle = Path(re.search(r"bundle (\S+): \d+ files", built.stdout).group(1))
+    up = lab_cli("lab", "up", "--workers", "1")
+    assert up.returncode == 0, up.stderr
+    result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    yield bundle, digest, summary
+    lab_cli("lab", "down")
+
+
+def image_archives(bundle: Path) -> dict[str, str]:
+    """upstream image name -> the image ID its archive in the bundle holds."""
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    found = {}
+    for name, entry in files.items():
+        if name.startswith("images/"):
+            image = f"{entry['component']}:{entry['version']}"
+            with tarfile.open(bundle / name) as tar:
+                config = json.load(tar.extractfile("manifest.json"))[0]["Config"]
+            found[image] = "sha256:" + config.rsplit("/", 1)[-1].removesuffix(".json")
+    return found
+
+
+def test_first_run_serves_and_a_second_run_changes_nothing(served):
+    _, digest, first = served
+    assert first["hosts"]["cp-1"]["changed"] > 0
+    result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert changed(summary) == {"cp-1": 0, "worker-1": 0}
+
+
+def test_check_mode_on_the_served_nodes_reports_no_change(served):
+    result, summary = run_playbook("--check")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert changed(summary) == {"cp-1": 0, "worker-1": 0}
+
+
+def test_a_worker_installs_kubeadm_from_the_bundle_repository(served):
+    install = on("worker-1", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubeadm=1.23.5-00")
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr
+    assert f"http://{CP}:8081" in on("worker-1", "apt-cache policy kubeadm").stdout
+    version = on("worker-1", "kubeadm version -o short")
+    assert version.stdout.strip() == "v1.23.5"
+
+
+def test_every_image_is_served_by_its_upstream_path_with_the_bundles_content(served):
+    bundle, _, _ = served
+    archives = image_archives(bundle)
+    assert len(archives) >= 9
+    # Asked from the worker, through nginx, the way a runtime asks.
+    script = (
+        "import json, sys, urllib.request\n"
+        "for image in sys.argv[1:]:\n"
+        "    name, tag = image.rsplit(':', 1)\n"
+        "    path = name.split('/', 1)[1]\n"
+        f"    request = urllib.request.Request(f'http://{CP}:5000/v2/{{path}}/manifests/{{tag}}',\n"
+        "        headers={'Accept': 'application/vnd.docker.distribution.manifest.v2+json'})\n"
+        "    print(image, json.load(urllib.request.urlopen(request))['config']['digest'])\n"
+    )
+    result = lab_cli("lab", "exec", "worker-1", "--", "python3", "-c", script, *archives)
+    assert result.returncode == 0, result.stderr
+    served_ids = dict(line.split() for line in result.stdout.splitlines())
+    assert served_ids == archives
+
+
+def test_containerd_pulls_upstream_names_from_the_private_registry(served):
+    install = on("worker-1", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd")
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr
+    for image in ("k8s.gcr.io/pause:3.6", "k8s.gcr.io/coredns/coredns:v1.8.6"):
+        pull = on(
+            "worker-1", f"ctr --namespace bundle-test images pull --hosts-dir /etc/containerd/certs.d {image}"
+        )
+        assert pull.returncode == 0, pull.stdout[-2000:] + pull.stderr
+        listed = on("worker-1", "ctr --namespace bundle-test images list --quiet").stdout.split()
+        assert image in listed
+
+
+def test_the_cluster_cannot_push_into_the_registry(served):
+    script = (
+        "import urllib.request, urllib.error\n"
+        f"request = urllib.request.Request('http://{CP}:5000/v2/evil/blobs/uploads/', method='POST')\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(request).status)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n"
+    )
+    assert lab_cli("lab", "exec", "worker-1", "--", "python3", "-c", script).stdout.strip() == "403"
+
+
+def test_an_altered_bundle_is_refused_before_anything_is_copied(served, tmp_path):
+    bundle, _, _ = served
+    altered = tmp_path / "bundle"
+    subprocess.run(["cp", "-al", str(bundle), str(altered)], check=True)
+    release = altered / "debs" / "Release"
+    content = release.read_bytes()
+    release.unlink()  # a new file, not the hard link to the good bundle
+    release.write_bytes(content + b"# altered\n")
+    before = on("cp-1", "sha256sum /var/lib/appliance/bundle/debs/Release").stdout
+    result, summary = run_playbook("-e", f"appliance_bundle_dir={altered}")
+    assert result.returncode == 1
+    assert "fails verification" in result.stdout and "altered: debs/Release" in result.stdout
+    assert on("cp-1", "sha256sum /var/lib/appliance/bundle/debs/Release").stdout == before
+    assert changed(summary).get("cp-1", 0) == 0
+
+
+def test_a_bundle_other_than_the_pinned_one_is_refused(served):
+    result, _ = run_playbook("-e", "appliance_bundle_manifest_sha256=" + "0" * 64)
+    assert result.returncode == 1
+    assert "this is not the bundle that was built" in result.stdout
+
+
+def test_a_file_damaged_on_the_node_is_restored_and_verified(served):
+    _, digest, _ = served
+    damage = on("cp-1", "printf x >> /var/lib/appliance/bundle/manifests/kube-flannel.yml")
+    assert damage.returncode == 0
+    result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert summary["hosts"]["cp-1"]["changed"] >= 1
+    check = on("cp-1", "cd /var/lib/appliance/bundle && sha256sum manifests/kube-flannel.yml")
+    wanted = json.loads((served[0] / "manifest.json").read_text())["files"]["manifests/kube-flannel.yml"]
+    assert check.stdout.split()[0] == wanted["sha256"]

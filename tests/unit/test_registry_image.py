@@ -1,0 +1,90 @@
+"""plugins/modules/registry_image.py: how it names images in the registry and reads archives.
+The push itself runs against the real registry in tests/lab/test_bundle_serve.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import tarfile
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT
+
+MODULE = PROJECT / "plugins" / "modules" / "registry_image.py"
+_spec = importlib.util.spec_from_file_location("registry_image", MODULE)
+registry_image = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(registry_image)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("k8s.gcr.io/coredns/coredns:v1.8.6", ("coredns/coredns", "v1.8.6")),
+        ("k8s.gcr.io/pause:3.6", ("pause", "3.6")),
+        (
+            "docker.io/rancher/mirrored-flannelcni-flannel:v0.19.2",
+            ("rancher/mirrored-flannelcni-flannel", "v0.19.2"),
+        ),
+        ("rancher/mirrored-flannelcni-flannel:v0.19.2", ("rancher/mirrored-flannelcni-flannel", "v0.19.2")),
+        ("docker.io/busybox:1.36", ("library/busybox", "1.36")),
+        ("busybox:1.36", ("library/busybox", "1.36")),
+        ("localhost/tool:1", ("tool", "1")),
+        ("registry.local:5000/team/tool:2", ("team/tool", "2")),
+        ("nvcr.io/nvidia/gpu-operator:v1.11.1", ("nvidia/gpu-operator", "v1.11.1")),
+    ],
+)
+def test_split_image_gives_the_path_under_the_registry(image, expected):
+    assert registry_image.split_image(image) == expected
+
+
+@pytest.mark.parametrize("image", ["k8s.gcr.io/pause", "registry.local:5000/team/tool", ":3.6"])
+def test_split_image_refuses_a_name_without_tag(image):
+    with pytest.raises(ValueError, match="has no tag"):
+        registry_image.split_image(image)
+
+
+def _archive(path, entries):
+    data = json.dumps(entries).encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_archive_image_id_is_the_config_digest_of_the_tagged_image(tmp_path):
+    archive = tmp_path / "pause.tar"
+    _archive(
+        archive,
+        [
+            {"Config": "aa11.json", "RepoTags": ["k8s.gcr.io/other:1"], "Layers": []},
+            {"Config": "blobs/sha256/bb22", "RepoTags": ["k8s.gcr.io/pause:3.6"], "Layers": []},
+            {"Config": "cc33.json", "RepoTags": ["rancher/flannel:v0.19.2", "busybox:1.36"], "Layers": []},
+        ],
+    )
+    # docker writes docker.io names in their short form
+    assert registry_image.archive_image_id(str(archive), "docker.io/rancher/flannel:v0.19.2") == "sha256:cc33"
+    assert registry_image.archive_image_id(str(archive), "docker.io/library/busybox:1.36") == "sha256:cc33"
+    assert registry_image.archive_image_id(str(archive), "k8s.gcr.io/other:1") == "sha256:aa11"
+    assert registry_image.archive_image_id(str(archive), "k8s.gcr.io/pause:3.6") == "sha256:bb22"
+
+
+def test_archive_image_id_names_what_the_archive_holds_when_the_image_is_not_there(tmp_path):
+    archive = tmp_path / "pause.tar"
+    _archive(archive, [{"Config": "aa11.json", "RepoTags": ["k8s.gcr.io/pause:3.5"], "Layers": []}])
+    with pytest.raises(
+        ValueError, match=r"does not hold k8s.gcr.io/pause:3.6 \(it holds k8s.gcr.io/pause:3.5\)"
+    ):
+        registry_image.archive_image_id(str(archive), "k8s.gcr.io/pause:3.6")
+
+
+def test_documentation_parses_and_documents_every_option():
+    documented = yaml.safe_load(registry_image.DOCUMENTATION)["options"]
+    for block in (registry_image.EXAMPLES, registry_image.RETURN):
+        assert yaml.safe_load(block)
+    source = MODULE.read_text()
+    for option in documented:
+        assert f'"{option}": {{"type"' in source, option
+    assert set(documented) == {"archive", "image", "registry"}
