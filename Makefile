@@ -11,6 +11,7 @@ setup:
 	scripts/setup-host.sh
 
 lab: setup
+	appliance lab bundle
 	appliance lab up
 	appliance run site.yml
 

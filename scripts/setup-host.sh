@@ -18,6 +18,8 @@ command -v go >/dev/null || need+=(golang-go)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# `bundle build --source upstream` copies images from registries with skopeo.
+command -v skopeo >/dev/null || need+=(skopeo)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} from Debian's archive"

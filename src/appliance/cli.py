@@ -168,18 +168,41 @@ def lab_bundle() -> None:
 def bundle_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the bundle to.")],
     source: Annotated[
-        str, typer.Option("--source", help="Where artifacts come from: build (from source).")
+        str,
+        typer.Option(
+            "--source", help="Where artifacts come from: build (from source) or upstream (downloaded)."
+        ),
     ] = "build",
+    versions_file: Annotated[
+        Path | None, typer.Option("--versions", help="A versions file instead of the project's versions.yml.")
+    ] = None,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror",
+            help="With --source upstream, fetch from a mirror: URL-PREFIX=URL-PREFIX or REGISTRY=[http://]HOST.",
+        ),
+    ] = None,
 ) -> None:
     """Build the offline bundle: binaries, apt repository, images, charts, manifests, manifest.json."""
-    _build_bundle(out, source)
+    from appliance.bundle import upstream
+
+    if mirror and source != "upstream":
+        raise UsageError("--mirror applies to --source upstream only")
+    _build_bundle(out, source, versions_file, upstream.parse_mirrors(mirror or []))
 
 
-def _build_bundle(out: Path, source: str) -> None:
+def _build_bundle(
+    out: Path, source: str, versions_file: Path | None = None, mirrors: dict[str, str] | None = None
+) -> None:
     from appliance.bundle import build  # imports the builders only when building
 
     result = build.build_bundle(
-        out, source, log=lambda line: console.print(f"bundle: {line}", highlight=False)
+        out,
+        source,
+        log=lambda line: console.print(f"bundle: {line}", highlight=False),
+        versions_path=versions_file,
+        mirrors=mirrors,
     )
     size = result.size / 2**20
     console.print(

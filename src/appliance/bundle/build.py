@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bundle import debs, gobuild, images, manifest, versions
+from appliance.bundle import debs, gobuild, images, manifest, upstream, versions
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image as node_image
 
-SOURCES = ("build",)
+SOURCES = ("build", "upstream")
 BUNDLE_BINARIES = {
     "kubeadm": "kubernetes",
     "kubelet": "kubernetes",
@@ -53,8 +53,18 @@ class BuildResult:
     seconds: float
 
 
-def build_bundle(out: Path, source: str = "build", log: Callable[[str], None] = print) -> BuildResult:
-    """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory)."""
+def build_bundle(
+    out: Path,
+    source: str = "build",
+    log: Callable[[str], None] = print,
+    *,
+    versions_path: Path | None = None,
+    mirrors: dict[str, str] | None = None,
+) -> BuildResult:
+    """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory).
+
+    SOURCE is `build` (from source) or `upstream` (downloaded, see upstream.py, through MIRRORS);
+    VERSIONS_PATH replaces the project's versions.yml."""
     if source not in SOURCES:
         raise UsageError(f"--source {source}: this toolkit builds bundles from: {', '.join(SOURCES)}")
     out = out.resolve()
@@ -64,16 +74,18 @@ def build_bundle(out: Path, source: str = "build", log: Callable[[str], None] = 
         )
     started = time.monotonic()
     project = paths.project_root()
-    data = versions.load(versions.versions_file(project))
+    versions_path = (versions_path or versions.versions_file(project)).resolve()
+    data = versions.load(versions_path)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        owners = _assemble(staging, data, project, log)
+        fetcher = upstream.Fetcher(data, mirrors or {}, log) if source == "upstream" else None
+        owners = _assemble(staging, data, project, fetcher, log)
         meta = {
             "kubernetes": data["kubernetes"]["version"],
             "source": source,
-            "versions_sha256": manifest.sha256_of(versions.versions_file(project)),
+            "versions_sha256": manifest.sha256_of(versions_path),
         }
         digest = manifest.write(staging, owners, meta)
     except BaseException:
@@ -89,15 +101,20 @@ def build_bundle(out: Path, source: str = "build", log: Callable[[str], None] = 
 
 
 def _assemble(
-    root: Path, data: dict[str, Any], project: Path, log: Callable[[str], None]
+    root: Path,
+    data: dict[str, Any],
+    project: Path,
+    fetcher: upstream.Fetcher | None,
+    log: Callable[[str], None],
 ) -> dict[str, tuple[str, str]]:
-    """Put every artifact under ROOT; return which component owns each file (or directory prefix)."""
+    """Put every artifact under ROOT, built from source or, with FETCHER, downloaded from upstream;
+    return which component owns each file (or directory prefix)."""
     targets = gobuild.targets(data)
     built: dict[str, Path] = {}
 
     def binaries(target: str) -> Path:
         if target not in built:
-            built[target] = gobuild.build(targets[target], log)
+            built[target] = fetcher.binaries(target) if fetcher else gobuild.build(targets[target], log)
         return built[target]
 
     owners: dict[str, tuple[str, str]] = {}
@@ -121,15 +138,22 @@ def _assemble(
 
     images_dir = root / "images"
     images_dir.mkdir()
-    for name, archive in images.build_images(
-        data, binaries, paths.cache_dir() / "bundle" / "images", log
-    ).items():
+    archives = (
+        fetcher.images()
+        if fetcher
+        else images.build_images(data, binaries, paths.cache_dir() / "bundle" / "images", log)
+    )
+    for name, archive in archives.items():
         _copy(archive, images_dir / archive.name)
         owners[f"images/{archive.name}"] = (name.rsplit(":", 1)[0], name.rsplit(":", 1)[1])
 
     charts_dir = root / "charts"
     charts_dir.mkdir()
     for name, chart in data["charts"].items():
+        if fetcher:
+            downloaded = _copy(fetcher.chart(name, chart), charts_dir / f"{name}-{chart['version']}.tgz")
+            owners[f"charts/{downloaded.name}"] = (name, chart["version"])
+            continue
         source = (project / chart["source"]).resolve()
         if not source.exists():
             raise ApplianceError(f"chart {name}: {source} is missing (versions.yml charts.{name}.source)")
@@ -139,10 +163,20 @@ def _assemble(
     manifests_dir = root / "manifests"
     manifests_dir.mkdir()
     for name, entry in data["manifests"].items():
+        if fetcher:
+            downloaded = _copy(fetcher.manifest(name, entry), manifests_dir / f"{name}.yml")
+            owners[f"manifests/{downloaded.name}"] = (name, entry["version"])
+            continue
         source = project / entry["source"]
         if not source.is_file():
             raise ApplianceError(
                 f"manifest {name}: {source.resolve()} is missing (versions.yml manifests.{name}.source)"
+            )
+        pinned = entry.get("sha256")
+        if pinned and manifest.sha256_of(source) != pinned:
+            raise ApplianceError(
+                f"manifest {name}: {source.resolve()} has sha256 {manifest.sha256_of(source)}, "
+                f"not the {pinned} that versions.yml pins"
             )
         _copy(source, manifests_dir / source.name)
         owners[f"manifests/{source.name}"] = (name, entry["version"])

@@ -45,7 +45,10 @@ def check(data: Any) -> list[str]:
         if list(table) != sorted(table):
             problems.append(f"{section}: keep the components sorted by name ({', '.join(sorted(table))})")
         for name, entry in table.items():
-            for arch, digest in (entry.get("sha256") or {}).items():
+            pinned = entry.get("sha256") or {}
+            if isinstance(pinned, str):  # an architecture-independent file (a manifest)
+                pinned = dict.fromkeys(data.get("architectures", []), pinned)
+            for arch, digest in pinned.items():
                 if arch not in data.get("architectures", []):
                     problems.append(f"{section}.{name}.sha256: unknown architecture {arch!r}")
                 if not (
