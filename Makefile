@@ -31,8 +31,10 @@ unit:
 lab-test:
 	pytest -q tests/lab
 
-# Every scenario under molecule/, on the lab's node image (built here when its recipe changed).
+# Every scenario under molecule/, on the lab's node image (built here when its recipe changed); the
+# scenarios of roles that install from the offline bundle serve the lab's bundle to their instance.
 molecule:
+	appliance lab bundle
 	@image=$$(appliance lab image) && for scenario in molecule/*/molecule.yml; do \
 	  name=$$(basename $$(dirname $$scenario)); echo "== molecule test -s $$name ($$image)"; \
 	  APPLIANCE_NODE_IMAGE=$$image molecule test -s $$name || exit 1; \
