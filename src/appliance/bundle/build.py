@@ -151,36 +151,37 @@ def _assemble(
     charts_dir.mkdir()
     for name, chart in data["charts"].items():
         if fetcher:
-            downloaded = _copy(fetcher.chart(name, chart), charts_dir / f"{name}-{chart['version']}.tgz")
-            owners[f"charts/{downloaded.name}"] = (name, chart["version"])
-            continue
-        source = (project / chart["source"]).resolve()
-        if not source.exists():
-            raise ApplianceError(f"chart {name}: {source} is missing (versions.yml charts.{name}.source)")
-        packaged = _package_chart(source, binaries("helm") / "helm", charts_dir)
+            packaged = _copy(fetcher.chart(name, chart), charts_dir / f"{name}-{chart['version']}.tgz")
+        else:
+            source = (project / chart["source"]).resolve()
+            if not source.exists():
+                raise ApplianceError(f"chart {name}: {source} is missing (versions.yml charts.{name}.source)")
+            packaged = _package_chart(source, binaries("helm") / "helm", charts_dir)
         owners[f"charts/{packaged.name}"] = (name, chart["version"])
 
     manifests_dir = root / "manifests"
     manifests_dir.mkdir()
     for name, entry in data["manifests"].items():
-        if fetcher:
-            downloaded = _copy(fetcher.manifest(name, entry), manifests_dir / f"{name}.yml")
-            owners[f"manifests/{downloaded.name}"] = (name, entry["version"])
-            continue
-        source = project / entry["source"]
-        if not source.is_file():
-            raise ApplianceError(
-                f"manifest {name}: {source.resolve()} is missing (versions.yml manifests.{name}.source)"
-            )
-        pinned = entry.get("sha256")
-        if pinned and manifest.sha256_of(source) != pinned:
-            raise ApplianceError(
-                f"manifest {name}: {source.resolve()} has sha256 {manifest.sha256_of(source)}, "
-                f"not the {pinned} that versions.yml pins"
-            )
-        _copy(source, manifests_dir / source.name)
-        owners[f"manifests/{source.name}"] = (name, entry["version"])
+        source = fetcher.manifest(name, entry) if fetcher else _project_manifest(project, name, entry)
+        copied = _copy(source, manifests_dir / f"{name}.yml")
+        owners[f"manifests/{copied.name}"] = (name, entry["version"])
     return owners
+
+
+def _project_manifest(project: Path, name: str, entry: dict[str, Any]) -> Path:
+    """The manifest versions.yml takes from the project's sources, checked against its pinned sha256."""
+    source = project / entry["source"]
+    if not source.is_file():
+        raise ApplianceError(
+            f"manifest {name}: {source.resolve()} is missing (versions.yml manifests.{name}.source)"
+        )
+    pinned = entry.get("sha256")
+    if pinned and manifest.sha256_of(source) != pinned:
+        raise ApplianceError(
+            f"manifest {name}: {source.resolve()} has sha256 {manifest.sha256_of(source)}, "
+            f"not the {pinned} that versions.yml pins"
+        )
+    return source
 
 
 def _kubernetes_debs(inputs: dict[str, Path], data: dict[str, Any], log: Callable[[str], None]) -> list[Path]:
