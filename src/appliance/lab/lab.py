@@ -6,7 +6,9 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -142,8 +144,8 @@ def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
                 "ansible_user": ANSIBLE_USER,
                 "ansible_ssh_private_key_file": str(files.key),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
-                "appliance_lab": True,
                 "appliance_bundle_dir": str(paths.lab_bundle_dir()),
+                **lab_variables(),
             },
             "hosts": {name: {"ansible_host": address} for name, address in addresses.items()},
             "children": {
@@ -160,6 +162,12 @@ def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
     header = "# Written by `appliance lab up` for this machine's lab; rewritten on every `lab up`.\n"
     text = yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False).replace(": null\n", ":\n")
     files.inventory.write_text(header + text)
+
+
+def lab_variables() -> dict[str, Any]:
+    """What sets a lab node apart from an appliance's machine (lab-vars.yml, which says why)."""
+    text = resources.files("appliance.lab").joinpath("lab-vars.yml").read_text()
+    return yaml.safe_load(text) or {}
 
 
 def _node_order(name: str) -> tuple[int, int]:
