@@ -84,6 +84,27 @@ def run(
     raise typer.Exit(execute(request, as_json=as_json))
 
 
+@app.command()
+def bootstrap(
+    inventory: Annotated[
+        str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")
+    ] = None,
+    extra_vars: Annotated[
+        list[str] | None,
+        typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable."),
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")
+    ] = False,
+) -> None:
+    """Turn fresh machines into a working appliance (site.yml); a re-run changes nothing."""
+    request = runner.RunRequest(
+        playbook="site.yml", inventory=inventory, extra_vars=tuple(extra_vars or ()), check=check
+    )
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
 def execute(request: runner.RunRequest, *, as_json: bool) -> int:
     """Run REQUEST with the live view (or silently for --json); return the exit code. Shared by commands."""
     if as_json:
@@ -156,6 +177,12 @@ def lab_down() -> None:
 def lab_image() -> None:
     """Build the node image when its recipe changed; print its tag."""
     print(image.ensure_image(log=lambda line: errors.print(f"lab: {line}", highlight=False)))
+
+
+@lab_app.command("kubeconfig")
+def lab_kubeconfig() -> None:
+    """Print the path of an admin kubeconfig for the lab's cluster, usable from this machine."""
+    print(lab.kubeconfig())
 
 
 @lab_app.command("bundle")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from appliance.errors import ApplianceError, UsageError
 from appliance.lab import docker, image, nodes
 
 ANSIBLE_USER = "ansible"
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,27 @@ def exec_arguments(node_name: str, command: list[str], interactive: bool) -> lis
         raise UsageError("no command given: appliance lab exec NODE -- COMMAND...")
     flags = ["--interactive", "--tty"] if interactive else ["--interactive"]
     return ["exec", *flags, known[node_name]["Name"].lstrip("/"), *command]
+
+
+def kubeconfig() -> Path:
+    """Copy cp-1's admin kubeconfig (mode 0600) beside the lab's key; its server is cp-1's lab address,
+    which this machine reaches. Copied again on each call: a re-initialised cluster has new credentials."""
+    lab = nodes.LabId.from_environment()
+    docker.require_engine()
+    known = nodes.existing_containers(lab)
+    control_plane = known.get("cp-1")
+    if control_plane is None or not control_plane["State"]["Running"]:
+        raise UsageError("the lab's cp-1 is not running; `appliance lab up` and `appliance bootstrap` first")
+    result = docker.docker("exec", control_plane["Name"].lstrip("/"), "cat", ADMIN_CONF, check=False)
+    if result.returncode != 0:
+        raise UsageError(f"cp-1 has no {ADMIN_CONF}: its cluster is not set up; run `appliance bootstrap`")
+    path = paths.state_dir() / lab.name / "admin.conf"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(result.stdout)
+    path.chmod(0o600)
+    return path
 
 
 def groups_for(planned: list[nodes.Node]) -> dict[str, list[str]]:

@@ -42,6 +42,65 @@ for unit in systemd-udevd.service systemd-udev-trigger.service systemd-modules-l
   systemctl mask "$unit"
 done
 
+# This machine's capability bounding set lacks CAP_SYS_RESOURCE, so runc cannot grant it and docker's
+# privileged containers (kube-proxy) fail with "unable to apply caps". Lab inventories make this wrapper
+# docker's default runtime (lab-vars.yml); it drops that one capability and runs runc. containerd needs
+# no wrapper: it grants a privileged container the capabilities it has.
+cat > /usr/local/sbin/lab-runc <<'WRAPPER'
+#!/usr/bin/python3
+"""runc for lab nodes: what needs CAP_SYS_RESOURCE is left out of every container it starts.
+
+Lab nodes are containers on a machine whose capability bounding set lacks CAP_SYS_RESOURCE, so runc
+cannot grant it (docker's privileged containers, kube-proxy, fail with "unable to apply caps") nor
+lower a process's OOM score below its own (kubelet asks -998 for pod sandboxes). This drops that one
+capability and raises such OOM scores to the node's own, as containerd's restrict_oom_score_adj does.
+Docker (default-runtime) calls this instead of runc; everything else is runc's own work.
+"""
+import json
+import os
+import sys
+
+RUNC = "/usr/sbin/runc"
+MISSING = "CAP_SYS_RESOURCE"
+
+
+def strip(capabilities):
+    for key, names in (capabilities or {}).items():
+        if isinstance(names, list):
+            capabilities[key] = [name for name in names if name != MISSING]
+
+
+def own_oom_score_adj():
+    with open("/proc/self/oom_score_adj", encoding="utf-8") as handle:
+        return int(handle.read())
+
+
+def rewrite(path, top_level):
+    with open(path, encoding="utf-8") as handle:
+        spec = json.load(handle)
+    process = spec if top_level else spec.get("process", {})
+    strip(process.get("capabilities"))
+    if process.get("oomScoreAdj") is not None:
+        process["oomScoreAdj"] = max(process["oomScoreAdj"], own_oom_score_adj())
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(spec, handle)
+
+
+args = sys.argv[1:]
+for index, arg in enumerate(args):
+    value = args[index + 1] if index + 1 < len(args) else None
+    if arg in ("--bundle", "-b") and value:
+        rewrite(os.path.join(value, "config.json"), top_level=False)
+    elif arg.startswith("--bundle="):
+        rewrite(os.path.join(arg.split("=", 1)[1], "config.json"), top_level=False)
+    elif arg in ("--process", "-p") and value and os.path.isfile(value):
+        rewrite(value, top_level=True)
+    elif arg.startswith("--process="):
+        rewrite(arg.split("=", 1)[1], top_level=True)
+os.execv(RUNC, [RUNC, *args])
+WRAPPER
+chmod 0755 /usr/local/sbin/lab-runc
+
 # Apt sources as on an installed Debian 12 server.
 cat > /etc/apt/sources.list <<'APT'
 deb http://deb.debian.org/debian bookworm main
