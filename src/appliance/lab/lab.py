@@ -19,6 +19,7 @@ from appliance.lab import docker, image, nodes
 
 ANSIBLE_USER = "ansible"
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
+LAB_RESOLV_CONF = "/etc/appliance-lab/resolv.conf"  # lab-vars.yml points kubelet at it
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]
     nodes.start(lab, planned, tag, nodes.platform_settings(paths.project_root()), log)
     nodes.wait_booted(planned)
     public_key = files.key.with_suffix(".pub").read_text()
+    resolv_conf = _upstream_resolv_conf()
     for node in planned:
         _authorize(node, public_key)
+        _write_resolv_conf(node, resolv_conf)
     _write_known_hosts(planned, files.known_hosts)
     write_inventory(planned, files)
     return planned
@@ -219,6 +222,23 @@ def _authorize(node: nodes.Node, public_key: str) -> None:
         f"chown {user}: ~{user}/.ssh/authorized_keys && chmod 0600 ~{user}/.ssh/authorized_keys"
     )
     docker.docker("exec", "--interactive", node.container, "sh", "-c", script, input_text=public_key)
+
+
+def _upstream_resolv_conf(host_file: Path = Path("/etc/resolv.conf")) -> str:
+    """This machine's own name servers, for pods: a lab node's resolv.conf names docker's embedded DNS
+    (127.0.0.11), which a pod's network namespace cannot reach (CoreDNS would forward to itself)."""
+    servers = []
+    for line in host_file.read_text().splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and not words[1].startswith("127."):
+            servers.append(words[1])
+    lines = ["# Written by `appliance lab up`: this machine's name servers, for kubelet's resolvConf."]
+    return "\n".join(lines + [f"nameserver {server}" for server in servers]) + "\n"
+
+
+def _write_resolv_conf(node: nodes.Node, text: str) -> None:
+    script = f"install -d -m 0755 {LAB_RESOLV_CONF.rsplit('/', 1)[0]} && cat > {LAB_RESOLV_CONF}"
+    docker.docker("exec", "--interactive", node.container, "sh", "-c", script, input_text=text)
 
 
 def _write_known_hosts(planned: list[nodes.Node], known_hosts: Path, timeout: float = 60) -> None:
