@@ -13,7 +13,7 @@ setup:
 lab: setup
 	appliance lab bundle
 	appliance lab up
-	appliance run site.yml
+	appliance bootstrap
 
 lab-down: setup
 	appliance lab down

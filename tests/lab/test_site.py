@@ -1,13 +1,19 @@
-"""site.yml on fresh lab nodes, from the lab's offline bundle: the host roles' outcomes an operator checks
-(issue 4's acceptance), idempotence, --check, and bad input stopped before any change.
+"""site.yml on fresh lab nodes, from the lab's offline bundle: a working 1.23.5 appliance (issue 5's
+acceptance: nodes Ready with their roles, pods Running, a Deployment answering through a Service by DNS
+name), the host roles' outcomes (issue 4), idempotence, --check, and bad input stopped before any change.
 
-Runs a lab of its own (APPLIANCE_LAB_NAME=labsite on 172.28.4.0/24, one worker).
+Runs a lab of its own (APPLIANCE_LAB_NAME=labsite on 172.28.4.0/24, cp-1 and two workers), with docker,
+the default container runtime (tests/lab/test_containerd.py covers containerd).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +22,11 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.lab
 
 LAB_ENV = {"APPLIANCE_LAB_NAME": "labsite", "APPLIANCE_LAB_SUBNET": "172.28.4.0/24"}
-NODES = ("cp-1", "worker-1")
+NODES = ("cp-1", "worker-1", "worker-2")
+KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
+ECHO_SOURCE = Path(__file__).parent / "fixtures" / "echo" / "main.go"
+ECHO_IMAGE = "appliance-test/echo:1"
+MASTER_TOLERATION = {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"}
 KUBE = ("kubeadm", "kubectl", "kubelet")
 
 
@@ -46,12 +56,165 @@ def changed(summary: dict) -> dict[str, int]:
 def converged():
     built = run_cli("lab", "bundle", timeout=4 * 3600)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
-    up = lab_cli("lab", "up", "--workers", "1")
+    up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
     result, summary = site()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
     yield summary
     lab_cli("lab", "down")
+
+
+def kubectl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    config = lab_cli("lab", "kubeconfig")
+    assert config.returncode == 0, config.stderr
+    result = subprocess.run(
+        [str(KUBECTL), "--kubeconfig", config.stdout.strip(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def kube_json(*args: str) -> dict:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def test_three_nodes_are_ready_at_1_23_5_with_their_run_ai_roles(converged):
+    found = {item["metadata"]["name"]: item for item in kube_json("get", "nodes")["items"]}
+    assert sorted(found) == sorted(NODES)
+    for name, node in found.items():
+        ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", (name, ready)
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.23.5"
+        assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("docker://")
+    roles = {
+        name: sorted(
+            k.split("/", 1)[1] for k, v in n["metadata"]["labels"].items() if "runai-" in k and v == "true"
+        )
+        for name, n in found.items()
+    }
+    # The lab's inventory: worker-1 a GPU worker, worker-2 a CPU worker hosting the Run:ai system services.
+    assert roles == {
+        "cp-1": [],
+        "worker-1": ["runai-gpu-worker"],
+        "worker-2": ["runai-cpu-worker", "runai-system"],
+    }
+
+
+def test_every_system_and_flannel_pod_runs_and_flannel_is_on_every_node(converged):
+    for namespace in ("kube-system", "kube-flannel"):
+        pods = kube_json("-n", namespace, "get", "pods")["items"]
+        assert pods, namespace
+        for pod in pods:
+            assert pod["status"]["phase"] == "Running", (pod["metadata"]["name"], pod["status"].get("phase"))
+            assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["metadata"]["name"]
+    flannel_nodes = {p["spec"]["nodeName"] for p in kube_json("-n", "kube-flannel", "get", "pods")["items"]}
+    assert flannel_nodes == set(NODES)
+    images = {
+        c["image"]
+        for p in kube_json("-n", "kube-system", "get", "pods")["items"]
+        for c in p["spec"]["containers"]
+    }
+    assert all(image.startswith("172.28.4.10:5000/") for image in images), images
+
+
+@pytest.fixture(scope="module")
+def echo_image(converged):
+    """The test workload (tests/lab/fixtures/echo), built here and pushed into the lab's registry from
+    cp-1 (the registry takes pushes from that node only): no other image source exists here."""
+    with tempfile.TemporaryDirectory() as work:
+        directory = Path(work)
+        env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": ""}
+        subprocess.run(
+            ["go", "build", "-o", str(directory / "echo"), str(ECHO_SOURCE)], env=env, check=True, timeout=600
+        )
+        (directory / "Dockerfile").write_text('FROM scratch\nCOPY echo /echo\nENTRYPOINT ["/echo"]\n')
+        subprocess.run(
+            ["docker", "build", "-q", "-t", ECHO_IMAGE, str(directory)], check=True, capture_output=True
+        )
+        archive = directory / "echo.tar"
+        subprocess.run(["docker", "save", "-o", str(archive), ECHO_IMAGE], check=True)
+        subprocess.run(["docker", "cp", str(archive), "appliance-labsite-cp-1:/root/echo.tar"], check=True)
+    on(
+        "cp-1",
+        "skopeo copy --quiet --dest-tls-verify=false docker-archive:/root/echo.tar "
+        f"docker://127.0.0.1:5001/{ECHO_IMAGE} && rm /root/echo.tar",
+    )
+    return f"172.28.4.10:5000/{ECHO_IMAGE}"
+
+
+WORKLOAD = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo, namespace: default}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec:
+      topologySpreadConstraints:
+        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+           labelSelector: {{matchLabels: {{app: echo}}}}}}
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{{key: node-role.kubernetes.io/master, operator: DoesNotExist}}]
+      containers:
+        - {{name: echo, image: "{image}", args: [serve, ":8080"], ports: [{{containerPort: 8080}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+def test_a_deployment_on_both_workers_answers_through_a_service_by_dns_name_from_the_control_plane(
+    echo_image,
+):
+    applied = subprocess.run(
+        [str(KUBECTL), "--kubeconfig", lab_cli("lab", "kubeconfig").stdout.strip(), "apply", "-f", "-"],
+        input=WORKLOAD.format(image=echo_image),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    kubectl("rollout", "status", "deployment/echo", "--timeout", "180s")
+    pods = kube_json("get", "pods", "-l", "app=echo")["items"]
+    where = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods}
+    assert sorted(where.values()) == ["worker-1", "worker-2"], where
+
+    # A client pod on the control plane asks the Service by its DNS name, 20 times on new connections.
+    kubectl("delete", "pod", "echo-client", "--ignore-not-found", "--wait")
+    kubectl(
+        "run", "echo-client", f"--image={echo_image}", "--restart=Never",
+        "--overrides", json.dumps({"spec": {"nodeName": "cp-1", "tolerations": [MASTER_TOLERATION]}}),
+        "--", "get", "http://echo.default.svc.cluster.local/", "20",
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        phase = kube_json("get", "pod", "echo-client")["status"].get("phase")
+        if phase in ("Succeeded", "Failed"):
+            break
+        time.sleep(2)
+    answers = kubectl("logs", "echo-client").stdout.split()
+    assert phase == "Succeeded", answers
+    # Every answer came from a pod of the Deployment, and both pods (on both workers) answered.
+    assert len(answers) == 20 and set(answers) == set(where), (answers, where)
+
+
+def test_swap_is_off_on_every_node(converged):
+    for node in NODES:
+        assert on(node, "swapon --show --noheadings").strip() == ""
 
 
 def test_a_wrong_variable_stops_the_run_before_any_change(converged):

@@ -44,17 +44,21 @@ done
 
 # This machine's capability bounding set lacks CAP_SYS_RESOURCE, so runc cannot grant it and docker's
 # privileged containers (kube-proxy) fail with "unable to apply caps". Lab inventories make this wrapper
-# docker's default runtime (lab-vars.yml); it drops that one capability and runs runc. containerd needs
-# no wrapper: it grants a privileged container the capabilities it has.
+# docker's default runtime and containerd's runc (lab-vars.yml); it drops that one capability and runs
+# runc. containerd grants a privileged container only the capabilities it has, but with kubelet's lab
+# flags (no QoS cgroups) it names cgroups that runc's systemd driver refuses: the wrapper renames them.
 cat > /usr/local/sbin/lab-runc <<'WRAPPER'
 #!/usr/bin/python3
-"""runc for lab nodes: what needs CAP_SYS_RESOURCE is left out of every container it starts.
+"""runc for lab nodes: what a lab node cannot give a container is left out of it.
 
 Lab nodes are containers on a machine whose capability bounding set lacks CAP_SYS_RESOURCE, so runc
 cannot grant it (docker's privileged containers, kube-proxy, fail with "unable to apply caps") nor
 lower a process's OOM score below its own (kubelet asks -998 for pod sandboxes). This drops that one
 capability and raises such OOM scores to the node's own, as containerd's restrict_oom_score_adj does.
-Docker (default-runtime) calls this instead of runc; everything else is runc's own work.
+Lab kubelets run without QoS cgroups (cgroups-per-qos false), so they give pods no cgroup parent and
+containerd names a cgroupfs path (/k8s.io/ID), which runc's systemd driver refuses: such a container
+goes to system.slice, as docker's do. Docker (default-runtime) and containerd (the runc options'
+BinaryName) call this instead of runc; everything else is runc's own work.
 """
 import json
 import os
@@ -62,6 +66,8 @@ import sys
 
 RUNC = "/usr/sbin/runc"
 MISSING = "CAP_SYS_RESOURCE"
+SYSTEMD_SLICE = "system.slice"
+SYSTEMD_SCOPE_PREFIX = "cri-containerd"
 
 
 def strip(capabilities):
@@ -75,28 +81,37 @@ def own_oom_score_adj():
         return int(handle.read())
 
 
-def rewrite(path, top_level):
+def systemd_cgroups_path(linux):
+    path = linux.get("cgroupsPath")
+    if path and path.count(":") != 2:
+        linux["cgroupsPath"] = ":".join((SYSTEMD_SLICE, SYSTEMD_SCOPE_PREFIX, os.path.basename(path)))
+
+
+def rewrite(path, top_level, systemd):
     with open(path, encoding="utf-8") as handle:
         spec = json.load(handle)
     process = spec if top_level else spec.get("process", {})
     strip(process.get("capabilities"))
     if process.get("oomScoreAdj") is not None:
         process["oomScoreAdj"] = max(process["oomScoreAdj"], own_oom_score_adj())
+    if systemd and not top_level:
+        systemd_cgroups_path(spec.get("linux", {}))
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(spec, handle)
 
 
 args = sys.argv[1:]
+systemd = "--systemd-cgroup" in args
 for index, arg in enumerate(args):
     value = args[index + 1] if index + 1 < len(args) else None
     if arg in ("--bundle", "-b") and value:
-        rewrite(os.path.join(value, "config.json"), top_level=False)
+        rewrite(os.path.join(value, "config.json"), top_level=False, systemd=systemd)
     elif arg.startswith("--bundle="):
-        rewrite(os.path.join(arg.split("=", 1)[1], "config.json"), top_level=False)
+        rewrite(os.path.join(arg.split("=", 1)[1], "config.json"), top_level=False, systemd=systemd)
     elif arg in ("--process", "-p") and value and os.path.isfile(value):
-        rewrite(value, top_level=True)
+        rewrite(value, top_level=True, systemd=systemd)
     elif arg.startswith("--process="):
-        rewrite(arg.split("=", 1)[1], top_level=True)
+        rewrite(arg.split("=", 1)[1], top_level=True, systemd=systemd)
 os.execv(RUNC, [RUNC, *args])
 WRAPPER
 chmod 0755 /usr/local/sbin/lab-runc
