@@ -41,6 +41,14 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "setup: docker engine did not start; see /var/log/appliance-dockerd.log" >&2; exit 1; }
 fi
 
+# Lab nodes share this kernel: every kubelet, kube-proxy and flannel of every lab takes inotify instances
+# from one per-user budget (128 by default), and kube-proxy exits "too many open files" when it runs out.
+# Raised as kind's documentation advises, never lowered.
+for limit in fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=524288; do
+  key=${limit%%=*} want=${limit#*=}
+  if [ "$(sysctl -n "$key")" -lt "$want" ]; then $sudo sysctl -q -w "$limit"; fi
+done
+
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   python3 -m venv "$venv"

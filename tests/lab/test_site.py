@@ -58,10 +58,12 @@ def converged():
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
     up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
-    result, summary = site()
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
-    yield summary
-    lab_cli("lab", "down")
+    try:
+        result, summary = site()
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+        yield summary
+    finally:
+        lab_cli("lab", "down")
 
 
 def kubectl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
