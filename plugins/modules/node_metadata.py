@@ -7,9 +7,9 @@ DOCUMENTATION = r"""
 module: node_metadata
 short_description: Set the labels and taints of a Kubernetes node
 description:
-  - Reads the node with C(kubectl get node -o json) and changes only what differs from what is asked:
-    labels set to a value, labels removed (value C(null)), taints present. Labels and taints not named
-    stay as they are (other tools and admins set their own).
+  - Reads the node with C(kubectl get node -o json) and changes only what differs from what is asked,
+    that is labels set to a value, labels removed (value C(null)) and taints present. Labels and taints
+    not named stay as they are (other tools and admins set their own).
   - Runs C(kubectl) on the host, a control-plane node: no Python Kubernetes client is needed there, which
     an air-gapped node could not install.
 options:

@@ -257,7 +257,8 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     on(
         "worker-1",
         "python3 -c \"import json; p='/etc/docker/daemon.json'; d=json.load(open(p)); "
-        "d['runtimes']={'nvidia': {'path': '/usr/bin/nvidia-container-runtime', 'runtimeArgs': []}}; "
+        "d.setdefault('runtimes', {})['nvidia']="
+        "{'path': '/usr/bin/nvidia-container-runtime', 'runtimeArgs': []}; "
         "json.dump(d, open(p, 'w'), indent=4)\" && systemctl restart docker",
     )
     result, summary = site()
