@@ -10,8 +10,8 @@ description:
   - Reads the node with C(kubectl get node -o json) and changes only what differs from what is asked,
     that is labels set to a value, labels removed (value C(null)) and taints present. Labels and taints
     not named stay as they are (other tools and admins set their own).
-  - Runs C(kubectl) on the host, a control-plane node: no Python Kubernetes client is needed there, which
-    an air-gapped node could not install.
+  - Runs C(kubectl) on the host, a control-plane node, so no Python Kubernetes client is needed there
+    (an air-gapped node could not install one).
 options:
   node:
     description: Name of the node, as C(kubectl get nodes) shows it.
