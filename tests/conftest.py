@@ -28,6 +28,25 @@ def run_cli(
     )
 
 
+BUNDLE_KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
+
+
+def lab_kubectl(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The bundle's kubectl against the cluster of the lab ENV names, through `appliance lab kubeconfig`."""
+    config = run_cli("lab", "kubeconfig", env=env)
+    assert config.returncode == 0, config.stderr
+    return subprocess.run(
+        [str(BUNDLE_KUBECTL), "--kubeconfig", config.stdout.strip(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture
 def cli():
     return run_cli

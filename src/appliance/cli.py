@@ -39,6 +39,16 @@ app.add_typer(bundle_app, name="bundle")
 console = Console()
 errors = Console(stderr=True)
 
+# Options shared by the commands that run a playbook.
+InventoryOption = Annotated[
+    str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")
+]
+ExtraVarsOption = Annotated[
+    list[str] | None, typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable.")
+]
+CheckOption = Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")]
+
 
 @app.callback()
 def _global(
@@ -52,21 +62,14 @@ def run(
     playbook: Annotated[
         str, typer.Argument(help="Playbook file, or a name under playbooks/ (maintenance/drain).")
     ],
-    inventory: Annotated[
-        str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")
-    ] = None,
+    inventory: InventoryOption = None,
     limit: Annotated[
         str | None, typer.Option("-l", "--limit", help="Limit to these hosts or groups.")
     ] = None,
-    extra_vars: Annotated[
-        list[str] | None,
-        typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable."),
-    ] = None,
-    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
+    extra_vars: ExtraVarsOption = None,
+    check: CheckOption = False,
     diff: Annotated[bool, typer.Option("--diff", help="Show the changes made to files.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")
-    ] = False,
+    as_json: JsonOption = False,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="Ansible verbosity (-vvv).")
     ] = 0,
@@ -86,17 +89,10 @@ def run(
 
 @app.command()
 def bootstrap(
-    inventory: Annotated[
-        str | None, typer.Option("-i", "--inventory", help="Inventory (default: the lab's).")
-    ] = None,
-    extra_vars: Annotated[
-        list[str] | None,
-        typer.Option("-e", "--extra-vars", help="VAR=VALUE, YAML/JSON or @FILE; repeatable."),
-    ] = None,
-    check: Annotated[bool, typer.Option("--check", help="Report what would change; change nothing.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")
-    ] = False,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Turn fresh machines into a working appliance (site.yml); a re-run changes nothing."""
     request = runner.RunRequest(

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import lab_kubectl, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -24,7 +23,6 @@ LAB_ENV = {"APPLIANCE_LAB_NAME": "labctd", "APPLIANCE_LAB_SUBNET": "172.28.6.0/2
 NODES = ("cp-1", "worker-1")
 REGISTRY = "172.28.6.10:5000"
 RUNTIME = ("-e", "appliance_container_runtime=containerd")
-KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -68,16 +66,7 @@ def converged():
 
 
 def kubectl(*args: str, stdin: str | None = None, timeout: float = 300) -> str:
-    config = lab_cli("lab", "kubeconfig")
-    assert config.returncode == 0, config.stderr
-    result = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", config.stdout.strip(), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    result = lab_kubectl(LAB_ENV, *args, stdin=stdin, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import lab_kubectl, run_cli
 
 pytestmark = pytest.mark.lab
 
 LAB_ENV = {"APPLIANCE_LAB_NAME": "labsite", "APPLIANCE_LAB_SUBNET": "172.28.4.0/24"}
 NODES = ("cp-1", "worker-1", "worker-2")
-KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
 ECHO_SOURCE = Path(__file__).parent / "fixtures" / "echo" / "main.go"
 ECHO_IMAGE = "appliance-test/echo:1"
 MASTER_TOLERATION = {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"}
@@ -66,16 +65,8 @@ def converged():
         lab_cli("lab", "down")
 
 
-def kubectl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    config = lab_cli("lab", "kubeconfig")
-    assert config.returncode == 0, config.stderr
-    result = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", config.stdout.strip(), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = lab_kubectl(LAB_ENV, *args, stdin=stdin)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -182,14 +173,7 @@ spec:
 def test_a_deployment_on_both_workers_answers_through_a_service_by_dns_name_from_the_control_plane(
     echo_image,
 ):
-    applied = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", lab_cli("lab", "kubeconfig").stdout.strip(), "apply", "-f", "-"],
-        input=WORKLOAD.format(image=echo_image),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert applied.returncode == 0, applied.stderr
+    kubectl("apply", "-f", "-", stdin=WORKLOAD.format(image=echo_image))
     kubectl("rollout", "status", "deployment/echo", "--timeout", "180s")
     pods = kube_json("get", "pods", "-l", "app=echo")["items"]
     where = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods}
