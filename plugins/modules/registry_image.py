@@ -5,24 +5,31 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: registry_image
-short_description: Push an image archive into a registry, under the path of its upstream name
+short_description: Push image archives into a registry, under the paths of their upstream names
 description:
-  - Reads a C(docker save) archive and pushes it with C(skopeo copy) to O(registry), as the upstream
+  - Reads C(docker save) archives and pushes each with C(skopeo copy) to O(registry), as the upstream
     name's path (C(k8s.gcr.io/coredns/coredns:v1.8.6) becomes C(REGISTRY/coredns/coredns:v1.8.6)), so that
     a runtime mirroring the upstream registry finds it there.
-  - Idempotent, nothing is pushed when the registry already serves that tag with the archive's image
-    configuration (the image ID), so a second run reports no change.
+  - Idempotent, nothing is pushed for an image the registry already serves under that tag with the
+    archive's image configuration (the image ID), so a second run reports no change.
+  - One call for many images, so that a run with nothing to push costs one module execution.
   - Needs C(skopeo) on the host; the registry is reached over plain HTTP, as a registry on the host itself.
 options:
-  archive:
-    description: Path of the C(docker save) archive on the host.
-    type: path
+  images:
+    description: The images to push.
+    type: list
+    elements: dict
     required: true
-  image:
-    description:
-      - Upstream name and tag of the image, for example C(k8s.gcr.io/pause:3.6); the archive must hold it.
-    type: str
-    required: true
+    suboptions:
+      archive:
+        description: Path of the C(docker save) archive on the host.
+        type: path
+        required: true
+      image:
+        description:
+          - Upstream name and tag of the image, for example C(k8s.gcr.io/pause:3.6); the archive must hold it.
+        type: str
+        required: true
   registry:
     description: Host and port of the registry, for example C(127.0.0.1:5001).
     type: str
@@ -37,24 +44,32 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Push pause into the bundle's registry
+- name: Push pause and coredns into the bundle's registry
   registry_image:
-    archive: /var/lib/appliance/bundle/images/k8s.gcr.io_pause_3.6.tar
-    image: k8s.gcr.io/pause:3.6
+    images:
+      - archive: /var/lib/appliance/bundle/images/k8s.gcr.io_pause_3.6.tar
+        image: k8s.gcr.io/pause:3.6
+      - archive: /var/lib/appliance/bundle/images/k8s.gcr.io_coredns_coredns_v1.8.6.tar
+        image: k8s.gcr.io/coredns/coredns:v1.8.6
     registry: 127.0.0.1:5001
 """
 
 RETURN = r"""
-reference:
-  description: Where the image now is.
+images:
+  description: Every image, where it now is and its image ID, in the order given.
   returned: always
-  type: str
-  sample: 127.0.0.1:5001/pause:3.6
-image_id:
-  description: sha256 of the image configuration, as C(docker images --no-trunc) shows it.
+  type: list
+  elements: dict
+  sample:
+    - reference: 127.0.0.1:5001/pause:3.6
+      image_id: sha256:6270bb605e12e581514ada5fd5b3216f727db55dc87d5889c790e4c760683fee
+      pushed: false
+pushed:
+  description: The references pushed by this run (would be pushed, in check mode).
   returned: always
-  type: str
-  sample: sha256:6270bb605e12e581514ada5fd5b3216f727db55dc87d5889c790e4c760683fee
+  type: list
+  elements: str
+  sample: [127.0.0.1:5001/pause:3.6]
 """
 
 import json
@@ -126,16 +141,8 @@ def registry_image_id(registry: str, path: str, tag: str) -> str | None:
     return manifest.get("config", {}).get("digest")
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "archive": {"type": "path", "required": True},
-            "image": {"type": "str", "required": True},
-            "registry": {"type": "str", "required": True},
-        },
-        supports_check_mode=True,
-    )
-    archive, image, registry = (module.params[key] for key in ("archive", "image", "registry"))
+def push(module: AnsibleModule, archive: str, image: str, registry: str) -> dict:
+    """Push one archive unless the registry already serves it; the result for RETURN's images."""
     try:
         path, tag = split_image(image)
         wanted = archive_image_id(archive, image)
@@ -149,7 +156,7 @@ def main() -> None:
             msg=f"registry_image: cannot ask the registry at {registry} for {path}:{tag}: {error}"
         )
     if present == wanted:
-        module.exit_json(changed=False, reference=reference, image_id=wanted)
+        return {"reference": reference, "image_id": wanted, "pushed": False}
     if not module.check_mode:
         skopeo = module.get_bin_path("skopeo", required=True)
         module.run_command(
@@ -168,7 +175,29 @@ def main() -> None:
             module.fail_json(
                 msg=f"registry_image: after pushing, {reference} has image ID {pushed}, not {wanted}"
             )
-    module.exit_json(changed=True, reference=reference, image_id=wanted)
+    return {"reference": reference, "image_id": wanted, "pushed": True}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "images": {
+                "type": "list",
+                "elements": "dict",
+                "required": True,
+                "options": {
+                    "archive": {"type": "path", "required": True},
+                    "image": {"type": "str", "required": True},
+                },
+            },
+            "registry": {"type": "str", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    registry = module.params["registry"]
+    results = [push(module, item["archive"], item["image"], registry) for item in module.params["images"]]
+    pushed = [result["reference"] for result in results if result["pushed"]]
+    module.exit_json(changed=bool(pushed), images=results, pushed=pushed)
 
 
 if __name__ == "__main__":

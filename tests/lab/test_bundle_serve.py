@@ -32,7 +32,8 @@ def on(node: str, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_playbook(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = lab_cli("run", PLAYBOOK, "--json", *extra)
+    # The lab's nodes run docker, but test_containerd_pulls_... pulls with containerd's own client.
+    result = lab_cli("run", PLAYBOOK, "--json", "-e", "bundle_client_containerd_mirrors=true", *extra)
     try:
         summary = json.loads(result.stdout)
     except json.JSONDecodeError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import tarfile
 
 import pytest
@@ -86,5 +87,7 @@ def test_documentation_parses_and_documents_every_option():
         assert yaml.safe_load(block)
     source = MODULE.read_text()
     for option in documented:
-        assert f'"{option}": {{"type"' in source, option
-    assert set(documented) == {"archive", "image", "registry"}
+        assert re.search(rf'"{option}": {{\s*"type"', source), option
+    assert set(documented) == {"images", "registry"}
+    for suboption in documented["images"]["suboptions"]:
+        assert re.search(rf'"{suboption}": {{\s*"type"', source), suboption

@@ -1,0 +1,318 @@
+"""Benchmark of site.yml: prints how long a fresh appliance takes, a no-change re-run, and the "floor".
+
+    python benchmarks/site.py [--workers N]
+
+Runs its own lab (APPLIANCE_LAB_NAME=benchsite on 172.28.7.0/24; 1 control plane + 2 workers by
+default) through the installed CLI, as a user would:
+
+1. fresh nodes (`lab down`, `lab up`), then `appliance bootstrap`: site.yml from nothing to Ready nodes;
+2. `appliance bootstrap` again on the converged appliance: the no-change re-run (must report changed=0);
+3. fresh nodes again, then the floor: the seed's manual procedure (docs chapter 2: docker with the
+   systemd cgroup driver, kubelet/kubeadm/kubectl 1.23.5 held, swap off, kubeadm init, flannel, kubeadm
+   join, node roles) done with the offline bundle instead of the internet, as plain shell scripts run
+   over SSH on every node in parallel. It writes the very files site.yml wrote in step 1 (read back from
+   the nodes) and runs the same programs (sha256sum, apt-get, skopeo, kubeadm, kubectl), without
+   Ansible and without site.yml's checks (preflight, verification of each step, idempotence).
+
+Targets (issue 5): the re-run under 60 s for 3 nodes; site.yml within 1.3 x the floor.
+The bundle must exist (`appliance lab bundle`); its build is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LAB = "benchsite"
+ENV = {**os.environ, "APPLIANCE_LAB_NAME": LAB, "APPLIANCE_LAB_SUBNET": "172.28.7.0/24"}
+BUNDLE_ON_NODE = "/var/lib/appliance/bundle"
+PUSH_ADDRESS = "127.0.0.1:5001"
+
+# What site.yml writes, read back from its nodes after step 1 and written again by the floor's scripts.
+FILES_EVERY_NODE = [
+    "/etc/apt/sources.list.d/appliance-bundle.list",
+    "/etc/docker/daemon.json",
+    "/etc/sysctl.d/k8s.conf",
+    "/etc/modules-load.d/k8s.conf",
+]
+FILES_CONTROL_PLANE = [
+    "/etc/docker/registry/config.yml",
+    "/etc/nginx/sites-available/appliance-bundle.conf",
+    "/etc/kubernetes/appliance/kubeadm-config.yaml",
+    "/etc/kubernetes/appliance/kube-flannel.yml",
+]
+BASE_PACKAGES = (
+    "apt-transport-https curl conntrack socat ebtables ethtool iptables nfs-common systemd-timesyncd"
+)
+RUNTIME_PACKAGES = "docker.io containerd runc"
+KUBE_PACKAGES = "kubelet=1.23.5-00 kubeadm=1.23.5-00 kubectl=1.23.5-00"
+ROLE_LABELS = {
+    "runai_system": "node-role.kubernetes.io/runai-system",
+    "gpu_workers": "node-role.kubernetes.io/runai-gpu-worker",
+    "cpu_workers": "node-role.kubernetes.io/runai-cpu-worker",
+}
+
+
+def appliance(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result
+
+
+def timed_bootstrap() -> tuple[float, dict[str, int]]:
+    started = time.monotonic()
+    result = appliance("bootstrap", "--json")
+    elapsed = time.monotonic() - started
+    summary = json.loads(result.stdout)
+    return elapsed, {host: tally["changed"] for host, tally in summary["hosts"].items()}
+
+
+def fresh_lab(workers: int) -> dict:
+    appliance("lab", "down")
+    appliance("lab", "up", "--workers", str(workers))
+    project = Path(ENV.get("APPLIANCE_PROJECT_DIR") or PROJECT)
+    return yaml.safe_load((project / "inventories" / LAB / "hosts.yml").read_text())["all"]
+
+
+class Nodes:
+    """SSH to the lab's nodes the way Ansible does (same user, key and known_hosts), without Ansible."""
+
+    def __init__(self, inventory: dict) -> None:
+        variables = inventory["vars"]
+        self.address = {name: host["ansible_host"] for name, host in inventory["hosts"].items()}
+        self.ssh = [
+            "ssh",
+            "-i",
+            variables["ansible_ssh_private_key_file"],
+            *shlex.split(variables["ansible_ssh_common_args"]),
+            "-o",
+            "BatchMode=yes",
+        ]
+        self.user = variables["ansible_user"]
+        children = inventory["children"]
+        self.control_plane = next(iter(children["control_plane"]["hosts"]))
+        self.workers = [name for name in self.address if name != self.control_plane]
+        self.groups = {group: list((children.get(group) or {}).get("hosts") or {}) for group in ROLE_LABELS}
+
+    def run(self, node: str, script: str) -> str:
+        """Run SCRIPT as root on NODE."""
+        command = [*self.ssh, f"{self.user}@{self.address[node]}", "sudo sh -eus"]
+        result = subprocess.run(command, input=script.encode(), capture_output=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"{node}: {result.stderr.decode()[-3000:]}{result.stdout.decode()[-2000:]}")
+        return result.stdout.decode()
+
+    def copy(self, node: str, source: Path, sums: Path, target: str) -> None:
+        """SOURCE and the file SUMS into TARGET on NODE, streamed through tar as an operator would."""
+        remote = f"sudo sh -euc {shlex.quote(f'mkdir -p {target} && tar -C {target} -xf -')}"
+        tar = subprocess.Popen(
+            ["tar", "-cf", "-", "-C", str(source), ".", "-C", str(sums.parent), sums.name],
+            stdout=subprocess.PIPE,
+        )
+        result = subprocess.run(
+            [*self.ssh, f"{self.user}@{self.address[node]}", remote],
+            stdin=tar.stdout,
+            capture_output=True,
+            check=False,
+        )
+        tar.stdout.close()
+        if tar.wait() != 0 or result.returncode != 0:
+            raise RuntimeError(f"{node}: copying {source} failed: {result.stderr.decode()[-2000:]}")
+
+    def parallel(self, scripts: dict[str, str]) -> dict[str, str]:
+        outputs: dict[str, str] = {}
+        errors: list[BaseException] = []
+
+        def one(node: str, script: str) -> None:
+            try:
+                outputs[node] = self.run(node, script)
+            except RuntimeError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=one, args=item) for item in scripts.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return outputs
+
+
+def read_back(nodes: Nodes) -> dict[str, dict[str, str]]:
+    """The files site.yml wrote on each node."""
+    files = {}
+    for node in nodes.address:
+        paths = FILES_EVERY_NODE + (FILES_CONTROL_PLANE if node == nodes.control_plane else [])
+        files[node] = {path: nodes.run(node, f"cat {path}") for path in paths}
+    return files
+
+
+def write_files(files: dict[str, str]) -> str:
+    return "".join(
+        f"mkdir -p {os.path.dirname(path)}\ncat > {path} <<'APPLIANCE_EOF'\n{content}APPLIANCE_EOF\n"
+        for path, content in files.items()
+    )
+
+
+def registry_paths(bundle: Path) -> list[tuple[str, str]]:
+    """(archive, upstream image) of every image of the bundle, named the way registry_image names them."""
+    spec = importlib.util.spec_from_file_location(
+        "registry_image", PROJECT / "plugins" / "modules" / "registry_image.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    images = []
+    for name, entry in sorted(manifest["files"].items()):
+        if name.startswith("images/"):
+            image = f"{entry['component']}:{entry['version']}"
+            path, tag = module.split_image(image)
+            images.append((f"{BUNDLE_ON_NODE}/{name}", image, f"{PUSH_ADDRESS}/{path}:{tag}"))
+    return images
+
+
+def floor(nodes: Nodes, files: dict[str, dict[str, str]], bundle: Path, lab_vars: dict) -> float:
+    """The manual procedure as shell over SSH, nodes in parallel where the procedure allows it."""
+    cp = nodes.control_plane
+    node_os = (
+        "swapoff -a\nsed -i '/\\sswap\\s/s/^/#/' /etc/fstab\n"
+        "modprobe overlay 2>/dev/null || true\nmodprobe br_netfilter 2>/dev/null || true\n"
+    )
+    push = "".join(
+        f"skopeo copy --quiet --dest-tls-verify=false docker-archive:{archive}:{image} docker://{target}\n"
+        for archive, image, target in registry_paths(bundle)
+    )
+    sums = Path(f"/tmp/appliance-bench-{os.getpid()}/SHA256SUMS")
+    sums.parent.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sums.write_text(
+        "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(manifest["files"].items()))
+    )
+    apt_update = (
+        "apt-get update -qq -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/appliance-bundle.list"
+        " -o Dir::Etc::sourceparts=-"
+    )
+    apt_install = (
+        "apt-get install -y -qq --no-install-recommends"
+        " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+    )
+    started = time.monotonic()
+    # The operator checks the bundle, then copies it to the first control-plane node and checks it there.
+    subprocess.run(["sha256sum", "--check", "--quiet", "--strict", str(sums)], cwd=bundle, check=True)
+    nodes.copy(cp, bundle, sums, BUNDLE_ON_NODE)
+    # cp: apt repository from the copy, registry filled, nginx serving both; the workers prepare their OS.
+    nodes.parallel(
+        {
+            cp: f"""cd {BUNDLE_ON_NODE} && sha256sum --check --quiet --strict SHA256SUMS
+{node_os}{write_files(files[cp])}rm -f /etc/nginx/sites-enabled/default
+ln -sf /etc/nginx/sites-available/appliance-bundle.conf /etc/nginx/sites-enabled/appliance-bundle.conf
+sysctl --system >/dev/null
+export DEBIAN_FRONTEND=noninteractive
+{apt_update}
+{apt_install} docker-registry skopeo nginx {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES} >/dev/null
+apt-mark hold kubelet kubeadm kubectl >/dev/null
+systemctl restart docker-registry nginx
+until curl -fs http://{PUSH_ADDRESS}/v2/ >/dev/null; do sleep 0.2; done
+{push}""",
+            **{worker: node_os + "sysctl --system >/dev/null\n" for worker in nodes.workers},
+        }
+    )
+    # Every worker installs from cp's repository; cp initialises the cluster and applies flannel meanwhile.
+    kubelet_flags = " ".join(
+        f"--{key}={value}" for key, value in lab_vars["kube_node_kubelet_extra_args"].items()
+    )
+    ignored = ",".join(lab_vars["kube_node_ignore_preflight_errors"])
+    worker_install = {
+        worker: f"""{write_files(files[worker])}sysctl --system >/dev/null
+echo 'KUBELET_EXTRA_ARGS="{kubelet_flags} --node-ip={nodes.address[worker]}"' > /etc/default/kubelet
+export DEBIAN_FRONTEND=noninteractive
+{apt_update}
+{apt_install} {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES} >/dev/null
+apt-mark hold kubelet kubeadm kubectl >/dev/null
+"""
+        for worker in nodes.workers
+    }
+    cp_init = f"""cd /etc/kubernetes/appliance
+kubeadm init --config kubeadm-config.yaml --skip-token-print >/dev/null
+home=$(getent passwd {nodes.user} | cut -d: -f6)
+mkdir -p $home/.kube && install -m 0600 -o {nodes.user} /etc/kubernetes/admin.conf $home/.kube/config
+kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/appliance/kube-flannel.yml >/dev/null
+"""
+    nodes.parallel({cp: cp_init, **worker_install})
+    join = nodes.run(cp, "kubeadm token create --print-join-command --ttl 15m").strip()
+    nodes.parallel(
+        {worker: f"{join} --ignore-preflight-errors={ignored} >/dev/null\n" for worker in nodes.workers}
+    )
+    labels = "".join(
+        f"kubectl label --overwrite node {node} {label}=true >/dev/null\n"
+        for group, label in ROLE_LABELS.items()
+        for node in nodes.groups[group]
+    )
+    nodes.run(
+        cp,
+        f"""export KUBECONFIG=/etc/kubernetes/admin.conf
+kubectl wait --for=condition=Ready node --all --timeout=600s >/dev/null
+{labels}kubectl -n kube-flannel rollout status daemonset/kube-flannel-ds --timeout=600s >/dev/null
+""",
+    )
+    elapsed = time.monotonic() - started
+    subprocess.run(["rm", "-rf", str(sums.parent)], check=False)
+    ready = nodes.run(cp, "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --no-headers")
+    if ready.count(" Ready ") != len(nodes.address):
+        sys.exit(f"the floor did not end with every node Ready:\n{ready}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    options = parser.parse_args()
+
+    built = appliance("lab", "bundle")
+    bundle = Path(re.search(r"bundle (\S+): \d+ files", built.stdout).group(1))
+    lab_vars = yaml.safe_load((PROJECT / "src" / "appliance" / "lab" / "lab-vars.yml").read_text())
+
+    inventory = fresh_lab(options.workers)
+    fresh, changed_first = timed_bootstrap()
+    rerun, changed_again = timed_bootstrap()
+    if any(changed_again.values()):
+        sys.exit(f"the re-run changed something: {changed_again}")
+    nodes = Nodes(inventory)
+    files = read_back(nodes)
+
+    inventory = fresh_lab(options.workers)
+    floor_seconds = floor(Nodes(inventory), files, bundle, lab_vars)
+    appliance("lab", "down")
+
+    nodes_count = 1 + options.workers
+    figures = [
+        (f"site.yml, fresh lab ({nodes_count} nodes), changed {sum(changed_first.values())}", fresh, ""),
+        ("site.yml, no-change re-run, changed 0", rerun, "target < 60 s"),
+        ("floor: the manual procedure as shell over SSH, in parallel", floor_seconds, ""),
+        ("site.yml / floor", fresh / floor_seconds, "target <= 1.3"),
+    ]
+    width = max(len(label) for label, _, _ in figures)
+    for label, value, target in figures:
+        unit = "x" if "/" in label else "s"
+        print(f"{label:<{width}}  {value:8.2f} {unit}  {target}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
