@@ -41,4 +41,6 @@ molecule:
 	done
 
 bench: setup
+	appliance lab bundle
 	python benchmarks/lab.py
+	python benchmarks/site.py
