@@ -1,12 +1,13 @@
 """Benchmark of site.yml: prints how long a fresh appliance takes, a no-change re-run, and the "floor".
 
-    python benchmarks/site.py [--workers N]
+    python benchmarks/site.py [--workers N] [--reruns N] [--floor-only]
 
 Runs its own lab (APPLIANCE_LAB_NAME=benchsite on 172.28.7.0/24; 1 control plane + 2 workers by
 default) through the installed CLI, as a user would:
 
 1. fresh nodes (`lab down`, `lab up`), then `appliance bootstrap`: site.yml from nothing to Ready nodes;
-2. `appliance bootstrap` again on the converged appliance: the no-change re-run (must report changed=0);
+2. `appliance bootstrap` again on the converged appliance, 3 times: the no-change re-run (must report
+   changed=0); the median is the figure (this machine's CPU time is shared: runs vary by +-15 %);
 3. fresh nodes again, then the floor: the seed's manual procedure (docs chapter 2: docker with the
    systemd cgroup driver, kubelet/kubeadm/kubectl 1.23.5 held, swap off, kubeadm init, flannel, kubeadm
    join, node roles) done with the offline bundle instead of the internet, as plain shell scripts run
@@ -26,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -288,6 +290,7 @@ kubectl wait --for=condition=Ready node --all --timeout=600s >/dev/null
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reruns", type=int, default=3, help="no-change re-runs to time (default 3)")
     parser.add_argument(
         "--floor-only",
         action="store_true",
@@ -303,14 +306,23 @@ def main() -> None:
     if not options.floor_only:
         inventory = fresh_lab(options.workers)
         fresh, changed_first = timed_bootstrap()
-        rerun, changed_again = timed_bootstrap()
-        if any(changed_again.values()):
-            sys.exit(f"the re-run changed something: {changed_again}")
+        reruns = []
+        for _ in range(options.reruns):
+            rerun, changed_again = timed_bootstrap()
+            if any(changed_again.values()):
+                sys.exit(f"the re-run changed something: {changed_again}")
+            reruns.append(rerun)
         SAVED_FILES.parent.mkdir(parents=True, exist_ok=True)
         SAVED_FILES.write_text(json.dumps(read_back(Nodes(inventory))))
         figures += [
             (f"site.yml, fresh lab, changed {sum(changed_first.values())}", fresh, "s", ""),
-            ("site.yml, no-change re-run, changed 0", rerun, "s", "target < 60 s"),
+            (
+                f"site.yml, no-change re-run, changed 0 (median of {len(reruns)})",
+                statistics.median(reruns),
+                "s",
+                "target < 60 s",
+            ),
+            ("site.yml, no-change re-run, fastest", min(reruns), "s", ""),
         ]
     files = json.loads(SAVED_FILES.read_text())
     inventory = fresh_lab(options.workers)

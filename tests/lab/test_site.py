@@ -27,6 +27,7 @@ ECHO_SOURCE = Path(__file__).parent / "fixtures" / "echo" / "main.go"
 ECHO_IMAGE = "appliance-test/echo:1"
 MASTER_TOLERATION = {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"}
 KUBE = ("kubeadm", "kubectl", "kubelet")
+UNREACHABLE_MIRROR = "http://127.0.0.1:9/debian"
 
 
 def lab_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -58,6 +59,9 @@ def converged():
     up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
     try:
+        # An air-gapped site: the nodes' own apt sources cannot be reached (connection refused).
+        for node in NODES:
+            on(node, f"echo 'deb {UNREACHABLE_MIRROR} bookworm main' > /etc/apt/sources.list")
         result, summary = site()
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr
         yield summary
@@ -196,6 +200,15 @@ def test_a_deployment_on_both_workers_answers_through_a_service_by_dns_name_from
     assert phase == "Succeeded", answers
     # Every answer came from a pod of the Deployment, and both pods (on both workers) answered.
     assert len(answers) == 20 and set(answers) == set(where), (answers, where)
+
+
+def test_nothing_came_from_the_nodes_own_apt_sources(converged):
+    # The run succeeded with those sources unreachable; apt's index holds the bundle's repository only.
+    for node in NODES:
+        lists = on(node, "ls /var/lib/apt/lists").split()
+        indexes = [name for name in lists if name.endswith("_Packages")]
+        assert indexes, (node, lists)
+        assert all("appliance_bundle" in name or ":8081_" in name for name in indexes), (node, indexes)
 
 
 def test_swap_is_off_on_every_node(converged):
