@@ -34,6 +34,12 @@ options:
     description: Host and port of the registry, for example C(127.0.0.1:5001).
     type: str
     required: true
+  wait_timeout:
+    description:
+      - Seconds to wait for the registry to answer (a registry that was just started or restarted takes a
+        moment); then the module fails naming the registry and what it answered last.
+    type: int
+    default: 30
 attributes:
   check_mode:
     support: full
@@ -74,6 +80,7 @@ pushed:
 
 import json
 import tarfile
+import time
 import urllib.error
 import urllib.request
 
@@ -141,6 +148,22 @@ def registry_image_id(registry: str, path: str, tag: str) -> str | None:
     return manifest.get("config", {}).get("digest")
 
 
+def wait_for_registry(registry: str, timeout: float) -> str | None:
+    """Poll the registry's API root until it answers 200; None then, else the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{registry}/v2/", timeout=5) as response:
+                if response.status == 200:
+                    return None
+                error = f"HTTP {response.status}"
+        except (OSError, urllib.error.URLError) as problem:  # HTTPError is a URLError
+            error = str(problem)
+        if time.monotonic() >= deadline:
+            return error
+        time.sleep(0.5)
+
+
 def push(module: AnsibleModule, archive: str, image: str, registry: str) -> dict:
     """Push one archive unless the registry already serves it; the result for RETURN's images."""
     try:
@@ -191,10 +214,17 @@ def main() -> None:
                 },
             },
             "registry": {"type": "str", "required": True},
+            "wait_timeout": {"type": "int", "default": 30},
         },
         supports_check_mode=True,
     )
     registry = module.params["registry"]
+    error = wait_for_registry(registry, module.params["wait_timeout"])
+    if error is not None:
+        module.fail_json(
+            msg=f"registry_image: the registry at {registry} did not answer within "
+            f"{module.params['wait_timeout']} s: {error}"
+        )
     results = [push(module, item["archive"], item["image"], registry) for item in module.params["images"]]
     pushed = [result["reference"] for result in results if result["pushed"]]
     module.exit_json(changed=bool(pushed), images=results, pushed=pushed)

@@ -3,11 +3,14 @@ The push itself runs against the real registry in tests/lab/test_bundle_serve.py
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import io
 import json
 import re
+import socket
 import tarfile
+import threading
 
 import pytest
 import yaml
@@ -88,6 +91,51 @@ def test_documentation_parses_and_documents_every_option():
     source = MODULE.read_text()
     for option in documented:
         assert re.search(rf'"{option}": {{\s*"type"', source), option
-    assert set(documented) == {"images", "registry"}
+    assert set(documented) == {"images", "registry", "wait_timeout"}
     for suboption in documented["images"]["suboptions"]:
         assert re.search(rf'"{suboption}": {{\s*"type"', source), suboption
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """Answers /v2/ like a registry: 503 for the first requests (a registry still starting), then 200."""
+
+    failures_left = 0
+
+    def do_GET(self):
+        status = 503 if type(self).failures_left > 0 else 200
+        type(self).failures_left -= 1
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.fixture
+def registry_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_wait_for_registry_returns_once_a_starting_registry_answers(registry_server):
+    _Registry.failures_left = 2
+    address = f"127.0.0.1:{registry_server.server_address[1]}"
+    assert registry_image.wait_for_registry(address, timeout=10) is None
+    assert _Registry.failures_left < 0  # it asked until the registry answered 200
+
+
+def test_wait_for_registry_gives_the_last_error_after_the_timeout(registry_server):
+    _Registry.failures_left = 10_000
+    address = f"127.0.0.1:{registry_server.server_address[1]}"
+    assert "503" in registry_image.wait_for_registry(address, timeout=1)
+
+
+def test_wait_for_registry_names_a_refused_connection():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    assert "refused" in registry_image.wait_for_registry(f"127.0.0.1:{port}", timeout=1).lower()
