@@ -35,6 +35,11 @@ lab_app = typer.Typer(
 app.add_typer(lab_app, name="lab")
 bundle_app = typer.Typer(help="The offline bundle: build it, verify it.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
+node_app = typer.Typer(
+    help="Maintenance of one node at a time: drain, restore, down, remove, rejoin; status of all.",
+    no_args_is_help=True,
+)
+app.add_typer(node_app, name="node")
 
 console = Console()
 errors = Console(stderr=True)
@@ -117,6 +122,88 @@ def execute(request: runner.RunRequest, *, as_json: bool) -> int:
         # ansible stopped before any host ran: a syntax error, an undefined variable in the play header...
         raise ApplianceError(f"ansible-playbook exited {state.rc} before running any task; see {state.log}")
     return 0 if state.succeeded else 1
+
+
+# Options of the node commands; each runs a playbook under playbooks/maintenance/ with -e maintenance_*.
+NodeArgument = Annotated[str, typer.Argument(help="The node, by its inventory (and Kubernetes) name.")]
+TimeoutOption = Annotated[
+    int, typer.Option("--timeout", min=1, help="Seconds the drain may take, pods' termination included.")
+]
+
+
+def _node_request(
+    playbook: str, node: str | None, inventory: str | None, *, limit: str | None = None, **options: object
+) -> runner.RunRequest:
+    extra = [f"maintenance_node={node}"] if node is not None else []
+    extra += [f"maintenance_{name}={json.dumps(value)}" for name, value in options.items()]
+    return runner.RunRequest(
+        playbook=f"maintenance/{playbook}", inventory=inventory, limit=limit, extra_vars=tuple(extra)
+    )
+
+
+@node_app.command("drain")
+def node_drain(
+    node: NodeArgument,
+    evict: Annotated[
+        bool,
+        typer.Option("--evict", help="Also cordon and evict via the Eviction API (PodDisruptionBudgets)."),
+    ] = False,
+    timeout: TimeoutOption = 300,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Drain the last control-plane/Run:ai system node; delete bare pods."),
+    ] = False,
+    inventory: InventoryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Planned maintenance: taint runai=drain:NoExecute and wait until the node's workloads moved."""
+    request = _node_request("drain", node, inventory, evict=evict, timeout=timeout, force=force)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@node_app.command("restore")
+def node_restore(node: NodeArgument, inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+    """After maintenance: remove the taint; the node gets back the cordon state it had before the drain."""
+    raise typer.Exit(execute(_node_request("restore", node, inventory), as_json=as_json))
+
+
+@node_app.command("down")
+def node_down(
+    node: NodeArgument,
+    force: Annotated[bool, typer.Option("--force", help="Also for a node that is still Ready.")] = False,
+    inventory: InventoryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Unplanned downtime: move an unreachable node's workloads now, not after 5 minutes."""
+    raise typer.Exit(execute(_node_request("down", node, inventory, force=force), as_json=as_json))
+
+
+@node_app.command("remove")
+def node_remove(
+    node: NodeArgument,
+    timeout: TimeoutOption = 300,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove the node even when its drain fails.")
+    ] = False,
+    inventory: InventoryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Permanent removal of a worker: drain (evicting), delete from the cluster, kubeadm reset on it."""
+    request = _node_request("remove", node, inventory, timeout=timeout, force=force)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@node_app.command("rejoin")
+def node_rejoin(node: NodeArgument, inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+    """Join a worker again: reset stale state, fresh join token, Ready, roles from the inventory."""
+    request = _node_request("rejoin", node, inventory, limit=f"{node},control_plane")
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@node_app.command("status")
+def node_status(inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+    """Every node: readiness, in service / cordoned / drained, pods, roles, taints."""
+    raise typer.Exit(execute(_node_request("status", None, inventory), as_json=as_json))
 
 
 @lab_app.command("up")

@@ -93,6 +93,8 @@ class LiveView:
 
 def print_recap(console: Console, state: RunState) -> None:
     console.print(host_table(state, with_task=False))
+    for line in state.report:
+        console.print(Text(line), soft_wrap=True, highlight=False)
     for failure in state.failures:
         what = "UNREACHABLE" if failure.unreachable else "FAILED"
         console.print(

@@ -88,6 +88,8 @@ class RunState:
     status: str = "starting"
     rc: int | None = None
     log: str = ""
+    # Lines a playbook reports for the operator: the `appliance_report` of its debug tasks.
+    report: list[str] = field(default_factory=list)
 
     @property
     def elapsed(self) -> float:
@@ -117,6 +119,7 @@ class RunState:
                 name: {k: v for k, v in asdict(t).items() if k != "task"} for name, t in self.hosts.items()
             },
             "failures": [asdict(f) for f in self.failures],
+            "report": self.report,
             "log": self.log,
         }
 
@@ -194,6 +197,11 @@ class EventTally:
             tally = state.host(host)
             tally.ok += 1
             tally.changed += bool(data.get("res", {}).get("changed"))
+            report = data.get("res", {}).get("appliance_report")
+            if isinstance(report, list):
+                state.report.extend(str(line) for line in report)
+            elif report:
+                state.report.append(str(report))
         elif kind == "runner_on_skipped" and host:
             state.host(host).skipped += 1
         elif kind == "runner_on_failed" and host:
