@@ -19,8 +19,8 @@ description:
     had cordoned before the drain stays cordoned).
   - Refuses, before any change, to drain the last control-plane node or the last Run:ai system node in
     service, to drain pods no controller would recreate (they would be lost), and to mark down a node whose
-    kubelet still answers, unless O(force=true). A node that is down is not in service: marking it down
-    is never refused for being the last of its kind.
+    kubelet still answers, unless O(force=true). A node that is down is not in service, so marking it
+    down is never refused for being the last of its kind.
   - Runs C(kubectl) on the host, a control-plane node, with the admin kubeconfig.
 options:
   node:
@@ -414,6 +414,8 @@ class Maintenance:
             self.report.append(f"{self.name}: stays cordoned ({why}); `kubectl uncordon` when intended")
         else:
             self.report.append(f"{self.name}: in service" + ("" if changes else " already"))
+        if ready(node) != "True":
+            self.report.append(f"{self.name}: not Ready yet; pods start there once its kubelet reports again")
         return {"changed": bool(changes)}
 
 
