@@ -44,3 +44,4 @@ bench: setup
 	appliance lab bundle
 	python benchmarks/lab.py
 	python benchmarks/site.py
+	python benchmarks/maintenance.py

@@ -242,8 +242,8 @@ class Maintenance:
         return None
 
     def refuse_unsafe(self, node: dict, action: str) -> None:
-        if self.params["force"]:
-            return
+        if self.params["force"] or ready(node) != "True":
+            return  # a node that is not Ready is not the last of anything in service
         last = last_of_its_kind(node, self.kubectl.nodes())
         if last:
             raise Refusal(
