@@ -132,12 +132,22 @@ TimeoutOption = Annotated[
 
 
 def _node_request(
-    playbook: str, node: str | None, inventory: str | None, *, limit: str | None = None, **options: object
+    playbook: str,
+    node: str | None,
+    inventory: str | None,
+    *,
+    check: bool = False,
+    limit: str | None = None,
+    **options: object,
 ) -> runner.RunRequest:
     extra = [f"maintenance_node={node}"] if node is not None else []
     extra += [f"maintenance_{name}={json.dumps(value)}" for name, value in options.items()]
     return runner.RunRequest(
-        playbook=f"maintenance/{playbook}", inventory=inventory, limit=limit, extra_vars=tuple(extra)
+        playbook=f"maintenance/{playbook}",
+        inventory=inventory,
+        limit=limit,
+        extra_vars=tuple(extra),
+        check=check,
     )
 
 
@@ -154,17 +164,23 @@ def node_drain(
         typer.Option("--force", help="Drain the last control-plane/Run:ai system node; delete bare pods."),
     ] = False,
     inventory: InventoryOption = None,
+    check: CheckOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Planned maintenance: taint runai=drain:NoExecute and wait until the node's workloads moved."""
-    request = _node_request("drain", node, inventory, evict=evict, timeout=timeout, force=force)
+    request = _node_request("drain", node, inventory, check=check, evict=evict, timeout=timeout, force=force)
     raise typer.Exit(execute(request, as_json=as_json))
 
 
 @node_app.command("restore")
-def node_restore(node: NodeArgument, inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+def node_restore(
+    node: NodeArgument,
+    inventory: InventoryOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """After maintenance: remove the taint; the node gets back the cordon state it had before the drain."""
-    raise typer.Exit(execute(_node_request("restore", node, inventory), as_json=as_json))
+    raise typer.Exit(execute(_node_request("restore", node, inventory, check=check), as_json=as_json))
 
 
 @node_app.command("down")
@@ -172,10 +188,13 @@ def node_down(
     node: NodeArgument,
     force: Annotated[bool, typer.Option("--force", help="Also for a node that is still Ready.")] = False,
     inventory: InventoryOption = None,
+    check: CheckOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Unplanned downtime: move an unreachable node's workloads now, not after 5 minutes."""
-    raise typer.Exit(execute(_node_request("down", node, inventory, force=force), as_json=as_json))
+    raise typer.Exit(
+        execute(_node_request("down", node, inventory, check=check, force=force), as_json=as_json)
+    )
 
 
 @node_app.command("remove")
@@ -186,17 +205,23 @@ def node_remove(
         bool, typer.Option("--force", help="Remove the node even when its drain fails.")
     ] = False,
     inventory: InventoryOption = None,
+    check: CheckOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Permanent removal of a worker: drain (evicting), delete from the cluster, kubeadm reset on it."""
-    request = _node_request("remove", node, inventory, timeout=timeout, force=force)
+    request = _node_request("remove", node, inventory, check=check, timeout=timeout, force=force)
     raise typer.Exit(execute(request, as_json=as_json))
 
 
 @node_app.command("rejoin")
-def node_rejoin(node: NodeArgument, inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+def node_rejoin(
+    node: NodeArgument,
+    inventory: InventoryOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """Join a worker again: reset stale state, fresh join token, Ready, roles from the inventory."""
-    request = _node_request("rejoin", node, inventory, limit=f"{node},control_plane")
+    request = _node_request("rejoin", node, inventory, check=check, limit=f"{node},control_plane")
     raise typer.Exit(execute(request, as_json=as_json))
 
 
