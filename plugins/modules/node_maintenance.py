@@ -297,8 +297,8 @@ class Maintenance:
         self.module.fail_json(
             msg=f"draining {self.name} did not finish within {self.params['timeout']} s: "
             f"{'; '.join(reasons)}. "
-            f"{self.name} stays cordoned and nothing else was changed; `appliance node restore {self.name}` "
-            "returns it to service.",
+            f"{self.name} stays cordoned (the pods evicted before that run elsewhere); "
+            f"`appliance node restore {self.name}` returns it to service.",
             changed=True,
             blocked_by=budgets,
             remaining=[name_of(pod) for pod in remaining],
