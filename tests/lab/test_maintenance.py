@@ -63,6 +63,11 @@ def node_cli(*args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
         return result, {}
 
 
+def status_rows(summary: dict) -> dict[str, str]:
+    """The lines of `node status`'s table, by node name (the first line is the header)."""
+    return {line.split()[0]: line for line in summary["report"][1:]}
+
+
 def kubectl(*args: str, stdin: str | None = None) -> str:
     result = lab_kubectl(LAB_ENV, *args, stdin=stdin)
     assert result.returncode == 0, result.stderr
@@ -147,7 +152,7 @@ def cluster():
 def test_status_shows_every_node_in_service_with_its_roles_and_pods():
     result, summary = node_cli("status")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    rows = {line.split()[0]: line for line in summary["report"][1:]}
+    rows = status_rows(summary)
     assert sorted(rows) == ["cp-1", "worker-1", "worker-2"]
     assert all(" True " in row and "in service" in row for row in rows.values()), rows
     assert "runai-gpu-worker" in rows["worker-1"] and "runai-system" in rows["worker-2"]
@@ -236,7 +241,7 @@ def test_down_moves_the_pods_of_a_stopped_node_within_60_s_and_other_work_goes_o
         # With worker-2 down, maintenance of the others still works: nothing waits for worker-2.
         result, summary = node_cli("status")
         assert result.returncode == 0
-        rows = {line.split()[0]: line for line in summary["report"][1:]}
+        rows = status_rows(summary)
         assert "drained" in rows["worker-2"] and "(0 workload)" in rows["worker-2"], rows
         assert node_cli("down", "worker-2")[1]["hosts"]["cp-1"]["changed"] == 0
         result, summary = node_cli("restore", "worker-1")
