@@ -183,3 +183,40 @@ def test_build_images_refuses_an_image_it_has_no_recipe_for_before_touching_dock
     with pytest.raises(ApplianceError, match=r"no image recipe for mystery in"):
         images.build_images(data, lambda _: tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_operator_image_holds_the_operator_and_its_state_manifests(tmp_path: Path) -> None:
+    """As NVIDIA's Dockerfile: /usr/bin/gpu-operator, assets/ as /opt/gpu-operator, not root; the recipe
+    digest follows a changed manifest (the operator reads them at run time)."""
+    output = tmp_path / "gpu-operator-out"
+    (output / "assets" / "state-driver").mkdir(parents=True)
+    (output / "gpu-operator").write_bytes(b"operator binary")
+    manifest = output / "assets" / "state-driver" / "0500_daemonset.yaml"
+    manifest.write_text("kind: DaemonSet\n")
+    ca_bundle = tmp_path / "ca.crt"
+    ca_bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+
+    def plan() -> images.ImagePlan:
+        return images.plan_image(
+            "gpu-operator", "nvcr.io/nvidia/gpu-operator:v1.11.1", output, ca_bundle=ca_bundle
+        )
+
+    first = plan()
+    first_digest = first.digest()
+    assert isinstance(first.tree["usr/bin/gpu-operator"], images.Copy)
+    assert first.tree["opt/gpu-operator/state-driver/0500_daemonset.yaml"] == images.Copy(manifest, 0o644)
+    assert isinstance(first.tree["opt/gpu-operator/state-driver"], images.Directory)
+    assert 'ENTRYPOINT ["/usr/bin/gpu-operator"]' in first.dockerfile
+    assert "USER 65534:65534" in first.dockerfile
+    manifest.write_text("kind: DaemonSet\nmetadata: {name: changed}\n")
+    assert plan().digest() != first_digest
+
+
+def test_gpu_operator_image_without_its_manifests_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "gpu-operator").write_bytes(b"operator binary")
+    ca_bundle = tmp_path / "ca.crt"
+    ca_bundle.write_text("x")
+    with pytest.raises(ApplianceError, match="has no assets"):
+        images.plan_image(
+            "gpu-operator", "nvcr.io/nvidia/gpu-operator:v1.11.1", tmp_path, ca_bundle=ca_bundle
+        )

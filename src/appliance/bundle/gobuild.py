@@ -57,6 +57,12 @@ class GoTarget:
     # Kubernetes: generate pkg/generated/openapi, which its module zip lacks (see openapi.py).
     openapi: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    # Directories of the module's own source copied beside the binaries (an image needs them, not Go).
+    files: tuple[str, ...] = ()
+
+    def outputs(self) -> list[str]:
+        """What the output directory holds when the build is complete."""
+        return [*self.binaries, *self.files]
 
 
 def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
@@ -165,6 +171,15 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                 env={"CGO_ENABLED": "1"},
             ),
             GoTarget(
+                "gpu-operator",
+                images["gpu-operator"]["go_module"],
+                _tag(images["gpu-operator"]["image"]),
+                {"gpu-operator": images["gpu-operator"]["go_module"]},
+                ldflags=("-s", "-w"),
+                # The state manifests it applies, read from /opt/gpu-operator at run time.
+                files=("assets",),
+            ),
+            GoTarget(
                 "flannel-cni-plugin",
                 images["flannel-cni-plugin"]["go_module"],
                 images["flannel-cni-plugin"]["module_version"],
@@ -208,14 +223,14 @@ def cache_root() -> Path:
 def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
     """Build TARGET's binaries (or find them in the cache); return the directory that holds them."""
     output = cache_root() / "out" / f"{target.name}-{target.version}-{recipe_digest(target)}"
-    if all((output / name).is_file() for name in target.binaries):
+    if all((output / name).exists() for name in target.outputs()):
         return output
     work = cache_root() / "work" / f"{target.name}-{target.version}"
     work.mkdir(parents=True, exist_ok=True)
     # One build of a target at a time (two bundle builds may run at once); the second finds the result.
     with open(work / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if all((output / name).is_file() for name in target.binaries):
+        if all((output / name).exists() for name in target.outputs()):
             return output
         env = _go_env(target)
         log(f"go: {target.module}@{target.version}: writing the wrapper module")
@@ -242,6 +257,12 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
                     command += ["-tags", ",".join(target.tags)]
                 _go([*command, "-o", str(staging / binary), _main_package(target, binary, package, work)],
                     work, env, f"go build of {binary}")  # fmt: skip
+            if target.files:
+                source = Path(_go_output(["list", "-m", "-f", "{{.Dir}}", target.module], work, env))
+                for name in target.files:
+                    shutil.copytree(source / name, staging / name)
+                    for path in (staging / name, *(staging / name).rglob("*")):
+                        path.chmod(0o755 if path.is_dir() else 0o644)  # the module cache's are read-only
             staging.chmod(0o755)
             shutil.rmtree(output, ignore_errors=True)
             staging.rename(output)
@@ -295,6 +316,15 @@ def _go(arguments: list[str], work: Path, env: dict[str, str], what: str) -> Non
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise ApplianceError(f"{what} failed: {' | '.join(lines[-4:])}")
+
+
+def _go_output(arguments: list[str], work: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        ["go", *arguments], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ApplianceError(f"go {' '.join(arguments)} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout.strip()
 
 
 def fetch_go_mod(module: str, version: str) -> str:

@@ -44,7 +44,9 @@ from appliance.lab import image as node_image
 Log = Callable[[str], None]
 _T = TypeVar("_T")
 
-LATER = ("gpu-operator", "node-feature-discovery")  # their images come with a later issue
+# sigs.k8s.io/node-feature-discovery is not served by the Go module proxy reachable here (403 for every
+# version, also as github.com/kubernetes-sigs/node-feature-discovery): its image cannot be built.
+LATER = ("node-feature-discovery",)
 INDEX = "images.json"
 RECIPE_LABEL = "appliance.recipe"
 FORMAT = 1  # bump when the way images are built changes in a way the Dockerfile and context do not show
@@ -75,6 +77,8 @@ class Recipe:
     user: str | None = None
     pause: bool = False  # /pause, compiled from image-recipes/pause.c
     busybox: bool = False  # /bin/busybox and a few applets, from Debian's busybox-static
+    # (directory the target copied from its module's source, absolute path in the image)
+    trees: tuple[tuple[str, str], ...] = ()
 
 
 def _control_plane(name: str) -> Recipe:
@@ -96,6 +100,16 @@ RECIPES: dict[str, Recipe] = {
         (("flannel", "/flannel"),),
         cmd=("cp", "-f", "/flannel", "/opt/cni/bin/flannel"),
         busybox=True,
+    ),
+    # As NVIDIA's Dockerfile: the operator on PATH, the state manifests it applies in /opt/gpu-operator,
+    # a non-root user. Its base was CUDA on UBI; the operator is a static Go program and needs none of it.
+    "gpu-operator": Recipe(
+        "static",
+        "gpu-operator",
+        (("gpu-operator", "/usr/bin/gpu-operator"),),
+        entrypoint=("/usr/bin/gpu-operator",),
+        user="65534:65534",
+        trees=(("assets", "/opt/gpu-operator"),),
     ),
     "kube-apiserver": _control_plane("kube-apiserver"),
     "kube-controller-manager": _control_plane("kube-controller-manager"),
@@ -264,6 +278,15 @@ def plan_image(
                 f"{image}: {source} is missing (gobuild target {recipe.target} has no {binary})"
             )
         tree[destination.lstrip("/")] = Copy(source)
+    for directory, destination in recipe.trees:
+        source = _need(binary_dir, f"the {recipe.target} files", key) / directory
+        if not source.is_dir():
+            raise ApplianceError(
+                f"{image}: {source} is missing (gobuild target {recipe.target} has no {directory})"
+            )
+        for path in sorted(source.rglob("*")):
+            relative = destination.lstrip("/") + "/" + path.relative_to(source).as_posix()
+            tree[relative] = Directory() if path.is_dir() else Copy(path, 0o644)
     if recipe.base == "debian":
         base = _need(base, "the Debian base image", key)
         from_line = f"FROM {base.tag}"
