@@ -10,9 +10,10 @@ default) through the installed CLI, as a user would:
    changed=0); the median is the figure (this machine's CPU time is shared: runs vary by +-15 %);
 3. fresh nodes again, then the floor: the seed's manual procedure (docs chapter 2: docker with the
    systemd cgroup driver, kubelet/kubeadm/kubectl 1.23.5 held, swap off, kubeadm init, flannel, kubeadm
-   join, node roles) done with the offline bundle instead of the internet, as plain shell scripts run
+   join, node roles, helm and `helm install --wait` of the GPU operator with the values site.yml gave
+   it) done with the offline bundle instead of the internet, as plain shell scripts run
    over SSH on every node in parallel. It writes the very files site.yml wrote in step 1 (read back from
-   the nodes) and runs the same programs (sha256sum, apt-get, skopeo, kubeadm, kubectl), without
+   the nodes) and runs the same programs (sha256sum, apt-get, skopeo, kubeadm, kubectl, helm), without
    Ansible and without site.yml's checks (preflight, verification of each step, idempotence).
 
 Targets (issue 5): the re-run under 60 s for 3 nodes; site.yml within 1.3 x the floor.
@@ -58,6 +59,9 @@ FILES_CONTROL_PLANE = [
     "/etc/kubernetes/appliance/kubeadm-config.yaml",
     "/etc/kubernetes/appliance/kube-flannel.yml",
 ]
+# What site.yml gave the GPU operator's release, read back with helm and installed the seed's way.
+GPU_OPERATOR_VALUES = "/etc/kubernetes/appliance/gpu-operator-values.yaml"
+ADMIN = "--kubeconfig /etc/kubernetes/admin.conf"
 BASE_PACKAGES = (
     "apt-transport-https curl conntrack socat ebtables ethtool iptables nfs-common systemd-timesyncd"
 )
@@ -175,6 +179,9 @@ def read_back(nodes: Nodes) -> dict[str, dict[str, str]]:
     for node in nodes.address:
         paths = FILES_EVERY_NODE + (FILES_CONTROL_PLANE if node == nodes.control_plane else [])
         files[node] = {path: nodes.run(node, f"cat {path}") for path in paths}
+    files[nodes.control_plane][GPU_OPERATOR_VALUES] = nodes.run(
+        nodes.control_plane, f"helm {ADMIN} get values gpu-operator --namespace gpu-operator --output yaml"
+    )
     return files
 
 
@@ -259,6 +266,7 @@ until curl -fs http://{PUSH_ADDRESS}/v2/ >/dev/null; do sleep 0.2; done
         f"--{key}={value}" for key, value in lab_vars["kube_node_kubelet_extra_args"].items()
     )
     ignored = ",".join(lab_vars["kube_node_ignore_preflight_errors"])
+    chart = next(name for name in manifest["files"] if name.startswith("charts/gpu-operator-"))
     worker_install = {
         worker: f"""echo 'KUBELET_EXTRA_ARGS="{kubelet_flags} --node-ip={nodes.address[worker]}"' \\
   > /etc/default/kubelet
@@ -290,6 +298,9 @@ kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/applian
         f"""export KUBECONFIG=/etc/kubernetes/admin.conf
 kubectl wait --for=condition=Ready node --all --timeout=600s >/dev/null
 {labels}kubectl -n kube-flannel rollout status daemonset/kube-flannel-ds --timeout=600s >/dev/null
+install -m 0755 {BUNDLE_ON_NODE}/bin/helm /usr/local/bin/helm
+helm install gpu-operator {BUNDLE_ON_NODE}/{chart} --wait \\
+  --namespace gpu-operator --create-namespace --values {GPU_OPERATOR_VALUES} >/dev/null
 """,
     )
     elapsed = time.monotonic() - started

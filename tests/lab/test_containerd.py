@@ -1,7 +1,8 @@
 """site.yml with appliance_container_runtime=containerd on fresh lab nodes, from the lab's offline bundle:
 both nodes Ready at 1.23.5 on containerd, every system pod Running, a pod on the worker running an image of
 the bundle's registry (by the registry's name and by its upstream name, through containerd's mirrors), no
-docker on the nodes, crictl talking to containerd, and a second run that changes nothing.
+docker on the nodes, crictl talking to containerd, the GPU operator's policy naming containerd, and a
+second run that changes nothing.
 
 Runs a lab of its own (APPLIANCE_LAB_NAME=labctd on 172.28.6.0/24, cp-1 and one worker);
 tests/lab/test_site.py covers docker, the default container runtime.
@@ -135,6 +136,16 @@ def test_a_pod_on_the_worker_runs_an_image_pulled_from_the_bundles_registry(conv
     assert status["ready"] and "running" in status["state"], status
     assert status["imageID"].endswith("@" + registry_digest("pause", "3.6")), status["imageID"]
     kubectl("delete", "pod", pod, "--wait=false")
+
+
+def test_the_gpu_operator_runs_and_its_policy_names_containerd(converged):
+    """site.yml's platform.yml with containerd: the ClusterPolicy's defaultRuntime is the cluster's runtime
+    (the operator's toolkit configures that runtime on GPU nodes), and the operator runs on containerd."""
+    policy = kube_json("get", "clusterpolicies.nvidia.com", "cluster-policy")
+    assert policy["spec"]["operator"]["defaultRuntime"] == "containerd"
+    pods = kube_json("-n", "gpu-operator", "get", "pods", "-l", "app=gpu-operator")["items"]
+    assert [p["status"]["phase"] for p in pods] == ["Running"]
+    assert pods[0]["spec"]["containers"][0]["image"] == f"{REGISTRY}/nvidia/gpu-operator:v1.11.1"
 
 
 def test_docker_is_not_installed_on_any_node(converged):

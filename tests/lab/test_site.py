@@ -250,6 +250,35 @@ def test_a_node_with_other_versions_is_refused_unless_allowed(converged):
     assert changed(summary) == {"worker-1": 0}
 
 
+def helm_releases() -> list[dict]:
+    listing = on("cp-1", "helm --kubeconfig /etc/kubernetes/admin.conf list --all-namespaces --output json")
+    return json.loads(listing)
+
+
+def test_the_gpu_operator_runs_from_the_private_registry_with_the_cluster_runtime(converged):
+    """site.yml's platform.yml: chart v1.11.1 released, its CRD and ClusterPolicy with the cluster's runtime,
+    and the operator Running on the image the bundle built from its Go module, pulled from the private
+    registry. There is no GPU here (and no NFD image): the operator finds no GPU node and says so."""
+    assert [(r["name"], r["namespace"], r["chart"], r["status"]) for r in helm_releases()] == [
+        ("gpu-operator", "gpu-operator", "gpu-operator-v1.11.1", "deployed")
+    ]
+    kubectl("get", "crd", "clusterpolicies.nvidia.com")
+    policy = kube_json("get", "clusterpolicies.nvidia.com", "cluster-policy")
+    assert policy["spec"]["operator"]["defaultRuntime"] == "docker"
+    assert policy["spec"]["driver"]["enabled"] is True
+    assert policy["spec"]["toolkit"]["repository"] == "172.28.4.10:5000/nvidia/k8s"
+    pods = kube_json("-n", "gpu-operator", "get", "pods", "-l", "app=gpu-operator")["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["status"]["phase"] == "Running"
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+    assert pod["spec"]["containers"][0]["image"] == "172.28.4.10:5000/nvidia/gpu-operator:v1.11.1"
+    deadline = time.monotonic() + 60
+    while "No GPU node" not in (log := kubectl("-n", "gpu-operator", "logs", pod["metadata"]["name"]).stdout):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(3)
+
+
 def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converged):
     on(
         "worker-1",
@@ -261,6 +290,8 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     result, summary = site()
     assert result.returncode == 0, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}
+    # No new revision of the GPU operator's release either.
+    assert [r["revision"] for r in helm_releases()] == ["1"]
     config = json.loads(on("worker-1", "cat /etc/docker/daemon.json"))
     assert config["runtimes"]["nvidia"]["path"] == "/usr/bin/nvidia-container-runtime"
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
