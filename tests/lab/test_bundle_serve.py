@@ -53,10 +53,22 @@ def served():
     bundle = Path(re.search(r"bundle (\S+): \d+ files", built.stdout).group(1))
     up = lab_cli("lab", "up", "--workers", "1")
     assert up.returncode == 0, up.stderr
+    # --check first, on the fresh nodes: nothing is installed yet, so there is no service to restart.
+    checked = run_playbook("--check", "-e", f"appliance_bundle_manifest_sha256={digest}")
+    left_by_check = on("cp-1", "ls -A /var/lib/appliance/bundle /etc/apt/sources.list.d 2>&1").stdout
     result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
-    yield bundle, digest, summary
+    yield bundle, digest, summary, (*checked, left_by_check)
     lab_cli("lab", "down")
+
+
+def test_check_mode_on_fresh_nodes_fails_nowhere_and_copies_nothing(served):
+    _, _, _, (result, summary, left) = served
+    assert result.returncode == 0, result.stdout[-3000:]
+    # It reports what it would do (copy the bundle, add the apt source, install and start the services)...
+    assert summary["hosts"]["cp-1"]["changed"] > 0
+    # ...and did none of it.
+    assert "No such file or directory" in left and "appliance-bundle.list" not in left, left
 
 
 def image_archives(bundle: Path) -> dict[str, str]:
@@ -73,7 +85,7 @@ def image_archives(bundle: Path) -> dict[str, str]:
 
 
 def test_first_run_serves_and_a_second_run_changes_nothing(served):
-    _, digest, first = served
+    _, digest, first, _ = served
     assert first["hosts"]["cp-1"]["changed"] > 0
     result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -95,7 +107,7 @@ def test_a_worker_installs_kubeadm_from_the_bundle_repository(served):
 
 
 def test_every_image_is_served_by_its_upstream_path_with_the_bundles_content(served):
-    bundle, _, _ = served
+    bundle, *_ = served
     archives = image_archives(bundle)
     assert len(archives) >= 9
     # Asked from the worker, through nginx, the way a runtime asks.
@@ -139,7 +151,7 @@ def test_the_cluster_cannot_push_into_the_registry(served):
 
 
 def test_an_altered_bundle_is_refused_before_anything_is_copied(served, tmp_path):
-    bundle, _, _ = served
+    bundle, *_ = served
     altered = tmp_path / "bundle"
     subprocess.run(["cp", "-al", str(bundle), str(altered)], check=True)
     release = altered / "debs" / "Release"
@@ -161,7 +173,7 @@ def test_a_bundle_other_than_the_pinned_one_is_refused(served):
 
 
 def test_a_file_damaged_on_the_node_is_restored_and_verified(served):
-    _, digest, _ = served
+    _, digest, *_ = served
     damage = on("cp-1", "printf x >> /var/lib/appliance/bundle/manifests/kube-flannel.yml")
     assert damage.returncode == 0
     result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
