@@ -301,3 +301,65 @@ def test_check_mode_on_the_converged_lab_reports_no_change(converged):
     result, summary = site("--check")
     assert result.returncode == 0, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}
+
+
+# Last: these restart the API server. Researcher authentication (playbooks/researchers.yml, role
+# apiserver_oidc). The API server fetches the issuer's discovery document only when a token comes, so an
+# issuer that does not exist here still lets it start.
+ISSUER = "https://runai.lab.example/auth/realms/runai"
+APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
+
+
+def researchers(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = lab_cli("run", "playbooks/researchers.yml", "--json", *extra)
+    try:
+        return result, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result, {}
+
+
+def apiserver_command() -> list[str]:
+    pod = kube_json("-n", "kube-system", "get", "pod", "kube-apiserver-cp-1")
+    return pod["spec"]["containers"][0]["command"]
+
+
+def test_the_api_server_authenticates_researchers_with_the_oidc_flags(converged):
+    result, summary = researchers("-e", f"apiserver_oidc_issuer_url={ISSUER}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert changed(summary)["cp-1"] > 0
+    command = apiserver_command()
+    for flag in (
+        f"--oidc-issuer-url={ISSUER}",
+        "--oidc-client-id=runai",
+        "--oidc-username-claim=email",
+        "--oidc-groups-claim=groups",
+        "--oidc-username-prefix=-",
+    ):
+        assert flag in command, command
+    assert len(kube_json("get", "nodes")["items"]) == len(NODES)
+    again, summary = researchers("-e", f"apiserver_oidc_issuer_url={ISSUER}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert changed(summary) == {"cp-1": 0}
+
+
+def test_an_issuer_the_api_server_refuses_puts_the_previous_manifest_back(converged):
+    """%zz is no URL escape: the API server exits at start. The role waits, restores and fails clearly."""
+    before = on("cp-1", f"cat {APISERVER_MANIFEST}")
+    broken = "apiserver_oidc_issuer_url=https://runai.lab.example/%zz"
+    result, _ = researchers("-e", broken, "-e", "apiserver_oidc_wait_timeout=90")
+    assert result.returncode != 0
+    assert "the previous manifest is back" in result.stdout, result.stdout[-3000:]
+    assert on("cp-1", f"cat {APISERVER_MANIFEST}") == before
+    assert f"--oidc-issuer-url={ISSUER}" in apiserver_command()
+    assert len(kube_json("get", "nodes")["items"]) == len(NODES)
+
+
+def test_an_issuer_that_is_not_https_is_refused_before_any_change(converged):
+    before = on("cp-1", f"cat {APISERVER_MANIFEST}")
+    result, summary = researchers(
+        "-e", "apiserver_oidc_issuer_url=http://runai.lab.example/auth/realms/runai"
+    )
+    assert result.returncode != 0
+    assert "is not an https URL" in result.stdout, result.stdout[-3000:]
+    assert changed(summary) == {"cp-1": 0}
+    assert on("cp-1", f"cat {APISERVER_MANIFEST}") == before
