@@ -161,10 +161,9 @@ def upstream(tmp_path_factory, registry, lab_bundle):
     flannel["sha256"] = sha256(manifest_text)
 
     pause = lab_bundle / "images" / "k8s.gcr.io_pause_3.6.tar"
-    for key, entry in fixture.data["images"].items():
-        if key in images.LATER:
-            continue
-        path = entry["image"].split("/", 1)[1]
+    wanted = [entry["image"] for key, entry in fixture.data["images"].items() if key not in images.LATER]
+    for image in wanted:
+        path = image.split("/", 1)[1]
         subprocess.run(
             ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
              f"docker-archive:{pause}:k8s.gcr.io/pause:3.6", f"docker://{registry}/{path}"],
@@ -181,7 +180,8 @@ def upstream(tmp_path_factory, registry, lab_bundle):
     wait_for(port)
     hosts = {url.split("/")[2] for url in fixture.files}
     mirrors = [f"https://{host}=http://127.0.0.1:{port}/{host}" for host in sorted(hosts)]
-    mirrors += [f"{registry_host}=http://{registry}" for registry_host in ("k8s.gcr.io", "docker.io")]
+    # Every registry the images come from (k8s.gcr.io, docker.io, nvcr.io) is the local one.
+    mirrors += [f"{host}=http://{registry}" for host in sorted({image.split("/", 1)[0] for image in wanted})]
     fixture_versions = root / "versions.yml"
     fixture_versions.write_text(yaml.safe_dump(fixture.data, sort_keys=False))
     yield fixture, fixture_versions, mirrors, root / "http.log"
