@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.bundle import images, versions
+from appliance.bundle import versions
 from tests.conftest import PROJECT, run_cli
 
 pytestmark = pytest.mark.lab
@@ -161,7 +161,7 @@ def upstream(tmp_path_factory, registry, lab_bundle):
     flannel["sha256"] = sha256(manifest_text)
 
     pause = lab_bundle / "images" / "k8s.gcr.io_pause_3.6.tar"
-    wanted = [entry["image"] for key, entry in fixture.data["images"].items() if key not in images.LATER]
+    wanted = [entry["image"] for entry in fixture.data["images"].values()]
     for image in wanted:
         path = image.split("/", 1)[1]
         subprocess.run(
@@ -240,6 +240,14 @@ def test_images_chart_and_manifest_come_from_the_registry_and_repositories(bundl
     with tarfile.open(bundle / "images" / "k8s.gcr.io_coredns_coredns_v1.8.6.tar") as tar:
         (entry,) = json.load(tar.extractfile("manifest.json"))
     assert entry["RepoTags"] == ["k8s.gcr.io/coredns/coredns:v1.8.6"]
+    # Every image of versions.yml, node-feature-discovery's and the GPU operator's too (which
+    # `--source build` makes only for the operator).
+    names = {path.name for path in (bundle / "images").iterdir()}
+    for file_name in (
+        "k8s.gcr.io_nfd_node-feature-discovery_v0.10.1.tar",
+        "nvcr.io_nvidia_gpu-operator_v1.11.1.tar",
+    ):
+        assert file_name in names, names
     chart_url = next(url for url in fixture.files if url.endswith("gpu-operator-v1.11.1.tgz"))
     assert (bundle / "charts" / "gpu-operator-v1.11.1.tgz").read_bytes() == fixture.files[chart_url]
     assert (bundle / "manifests" / "kube-flannel.yml").read_bytes().startswith(b"# fixture kube-flannel.yml")

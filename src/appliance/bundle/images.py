@@ -46,7 +46,7 @@ _T = TypeVar("_T")
 
 # sigs.k8s.io/node-feature-discovery is not served by the Go module proxy reachable here (403 for every
 # version, also as github.com/kubernetes-sigs/node-feature-discovery): its image cannot be built.
-LATER = ("node-feature-discovery",)
+NOT_BUILT_HERE = ("node-feature-discovery",)
 INDEX = "images.json"
 RECIPE_LABEL = "appliance.recipe"
 FORMAT = 1  # bump when the way images are built changes in a way the Dockerfile and context do not show
@@ -377,7 +377,9 @@ def build_images(
 ) -> dict[str, Path]:
     """Build the images of DATA["images"] (see the module's docstring) and save each to OUT; return
     image name -> archive. BINARIES(target) is the directory of a gobuild target's binaries."""
-    wanted = {key: entry["image"] for key, entry in sorted(data["images"].items()) if key not in LATER}
+    wanted = {
+        key: entry["image"] for key, entry in sorted(data["images"].items()) if key not in NOT_BUILT_HERE
+    }
     unknown = sorted(set(wanted) - set(RECIPES))
     if unknown:
         raise ApplianceError(

@@ -140,11 +140,12 @@ class Fetcher:
     # -- images --------------------------------------------------------------------------------------
 
     def images(self) -> dict[str, Path]:
-        """Every image of versions.yml (but those that come later), as `docker save` archives."""
+        """Every image of versions.yml, as `docker save` archives (node-feature-discovery's too, which
+        `--source build` cannot make here)."""
         skopeo = shutil.which("skopeo")
         if not skopeo:
             raise ApplianceError("--source upstream copies images with skopeo, which is not installed")
-        wanted = [e["image"] for key, e in sorted(self.data["images"].items()) if key not in images.LATER]
+        wanted = [entry["image"] for _, entry in sorted(self.data["images"].items())]
         out = self.cache / "images"
         out.mkdir(parents=True, exist_ok=True)
         archives = {}
