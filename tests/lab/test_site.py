@@ -339,7 +339,7 @@ def test_the_api_server_authenticates_researchers_with_the_oidc_flags(converged)
     assert len(kube_json("get", "nodes")["items"]) == len(NODES)
     again, summary = researchers("-e", f"apiserver_oidc_issuer_url={ISSUER}")
     assert again.returncode == 0, again.stdout[-3000:]
-    assert changed(summary) == {"cp-1": 0}
+    assert set(changed(summary).values()) == {0}  # validate.yml runs on every node
 
 
 def test_an_issuer_the_api_server_refuses_puts_the_previous_manifest_back(converged):
@@ -361,5 +361,5 @@ def test_an_issuer_that_is_not_https_is_refused_before_any_change(converged):
     )
     assert result.returncode != 0
     assert "is not an https URL" in result.stdout, result.stdout[-3000:]
-    assert changed(summary) == {"cp-1": 0}
+    assert set(changed(summary).values()) == {0}  # validate.yml runs on every node
     assert on("cp-1", f"cat {APISERVER_MANIFEST}") == before
