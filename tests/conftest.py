@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,18 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_playbook(
+    env: dict[str, str], playbook: str, *extra: str, timeout: float = 1800
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`appliance run PLAYBOOK --json EXTRA` on the lab ENV names: the process and its JSON summary
+    (empty when the run printed none, for example on a usage error)."""
+    result = run_cli("run", playbook, "--json", *extra, env=env, timeout=timeout)
+    try:
+        return result, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result, {}
 
 
 BUNDLE_KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"

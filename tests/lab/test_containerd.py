@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import lab_kubectl, run_cli
+from tests.conftest import lab_kubectl, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -44,11 +44,7 @@ def on(node: str, script: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def site(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = lab_cli("run", "site.yml", "--json", *RUNTIME, *extra)
-    try:
-        return result, json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return result, {}
+    return run_playbook(LAB_ENV, "site.yml", *RUNTIME, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import shutil
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import PROJECT, run_cli
+from tests.conftest import PROJECT, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -59,11 +58,7 @@ def on(node: str, script: str, *, check: bool = True) -> str:
 
 
 def preflight(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = lab_cli("run", "playbooks/preflight.yml", "--json", *extra)
-    try:
-        return result, json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return result, {}
+    return run_playbook(LAB_ENV, "playbooks/preflight.yml", *extra, timeout=600)
 
 
 def concurrently(*runs: list[str]) -> list[tuple[subprocess.CompletedProcess[str], dict]]:

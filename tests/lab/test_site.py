@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lab_kubectl, run_cli
+from tests.conftest import lab_kubectl, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -41,11 +41,7 @@ def on(node: str, script: str) -> str:
 
 
 def site(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = lab_cli("run", "site.yml", "--json", *extra)
-    try:
-        return result, json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return result, {}
+    return run_playbook(LAB_ENV, "site.yml", *extra)
 
 
 def changed(summary: dict) -> dict[str, int]:
@@ -311,11 +307,7 @@ APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 
 
 def researchers(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = lab_cli("run", "playbooks/researchers.yml", "--json", *extra)
-    try:
-        return result, json.loads(result.stdout)
-    except json.JSONDecodeError:
-        return result, {}
+    return run_playbook(LAB_ENV, "playbooks/researchers.yml", *extra)
 
 
 def apiserver_command() -> list[str]:

@@ -258,7 +258,8 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
                 _go([*command, "-o", str(staging / binary), _main_package(target, binary, package, work)],
                     work, env, f"go build of {binary}")  # fmt: skip
             if target.files:
-                source = Path(_go_output(["list", "-m", "-f", "{{.Dir}}", target.module], work, env))
+                module_dir = ["list", "-m", "-f", "{{.Dir}}", target.module]
+                source = Path(_go(module_dir, work, env, f"go list of {target.module}'s directory"))
                 for name in target.files:
                     shutil.copytree(source / name, staging / name)
                     for path in (staging / name, *(staging / name).rglob("*")):
@@ -309,21 +310,14 @@ def _go_env(target: GoTarget) -> dict[str, str]:
     }
 
 
-def _go(arguments: list[str], work: Path, env: dict[str, str], what: str) -> None:
+def _go(arguments: list[str], work: Path, env: dict[str, str], what: str) -> str:
+    """Run go ARGUMENTS in WORK; its output, or one error naming WHAT with the last lines go printed."""
     result = subprocess.run(
         ["go", *arguments], cwd=work, env=env, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise ApplianceError(f"{what} failed: {' | '.join(lines[-4:])}")
-
-
-def _go_output(arguments: list[str], work: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        ["go", *arguments], cwd=work, env=env, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise ApplianceError(f"go {' '.join(arguments)} failed: {result.stderr.strip()[-500:]}")
     return result.stdout.strip()
 
 
