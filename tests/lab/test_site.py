@@ -58,11 +58,35 @@ def converged():
         # An air-gapped site: the nodes' own apt sources cannot be reached (connection refused).
         for node in NODES:
             on(node, f"echo 'deb {UNREACHABLE_MIRROR} bookworm main' > /etc/apt/sources.list")
+        # --check first, on the fresh nodes: what it reported and what it left on them.
+        check, check_summary = site("--check")
+        left = {
+            node: on(node, f"ls -d {' '.join(FRESH_PATHS)} 2>/dev/null || true").split() for node in NODES
+        }
         result, summary = site()
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr
-        yield summary
+        yield {"fresh_check": (check, check_summary, left), "run": summary}
     finally:
         lab_cli("lab", "down")
+
+
+# What a run of site.yml creates first on a fresh node; --check must create none of them.
+FRESH_PATHS = (
+    "/etc/docker",
+    "/var/lib/appliance",
+    "/etc/apt/sources.list.d/appliance-bundle.list",
+    "/etc/kubernetes",
+)
+
+
+def test_check_mode_on_fresh_nodes_reports_what_a_run_would_do_and_changes_nothing(converged):
+    check, summary, left = converged["fresh_check"]
+    assert check.returncode == 0, check.stdout[-4000:] + check.stderr
+    assert all(count > 0 for count in changed(summary).values()), changed(summary)
+    log = Path(summary["log"]).read_text()
+    for reported in ("Would join worker-1", "Would join worker-2", "Would install release gpu-operator"):
+        assert reported in log, reported
+    assert left == {node: [] for node in NODES}
 
 
 def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
