@@ -1,0 +1,3 @@
+module appliance.local/runai-synthetic
+
+go 1.21
