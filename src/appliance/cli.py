@@ -299,6 +299,29 @@ def lab_bundle() -> None:
     _build_bundle(paths.lab_bundle_dir(), "build")
 
 
+@lab_app.command("runai-tarball")
+def lab_runai_tarball(
+    version: Annotated[str, typer.Option("--version", help="The Run:ai version it stands in for.")] = "2.9.0",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Directory to write it to (default: ~/.local/state/appliance/runai)."
+        ),
+    ] = None,
+) -> None:
+    """Build a SYNTHETIC Run:ai air-gapped tarball (Run:ai's layout, test stand-ins); print its path."""
+    from appliance.lab import runai_tarball  # needs go and docker only when building
+
+    directory = out or runai_tarball.default_out_dir()
+    print(
+        runai_tarball.build(
+            version,
+            directory,
+            log=lambda line: errors.print(f"runai-tarball: {line}", highlight=False, soft_wrap=True),
+        )
+    )
+
+
 @bundle_app.command("build")
 def bundle_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the bundle to.")],
