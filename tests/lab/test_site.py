@@ -40,8 +40,23 @@ def on(node: str, script: str) -> str:
     return result.stdout
 
 
+# The Run:ai control plane from a synthetic tarball (`appliance lab runai-tarball`: Run:ai's layout, its
+# pods run a stand-in built here; the real tarball is proprietary). The lab's DNS does not know the
+# domain, so preflight's name check is off; the role connects to the IP with the domain's name for TLS.
+RUNAI_DOMAIN = "runai.labsite.example"
+RUNAI_IP = "172.28.4.10"
+RUNAI_PASSWORD = "labsite-admin-0"
+RUNAI_VARS = Path(tempfile.gettempdir()) / "appliance-test-site-runai.yml"
+
+
 def site(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    return run_playbook(LAB_ENV, "site.yml", *extra)
+    return run_playbook(LAB_ENV, "site.yml", "-e", f"@{RUNAI_VARS}", *extra)
+
+
+def runai_tarball(version: str) -> str:
+    built = run_cli("lab", "runai-tarball", "--version", version, timeout=1200)
+    assert built.returncode == 0, built.stderr
+    return built.stdout.strip()
 
 
 def changed(summary: dict) -> dict[str, int]:
@@ -54,6 +69,19 @@ def converged():
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
     up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
+    RUNAI_VARS.write_text(
+        json.dumps(
+            {
+                "runai_airgapped_tar": runai_tarball("2.9.0"),
+                "runai_domain": RUNAI_DOMAIN,
+                "runai_external_ip": RUNAI_IP,
+                "runai_tls_generate": True,
+                "runai_storage_class": "standard",
+                "runai_admin_password": RUNAI_PASSWORD,
+                "preflight_runai_domain": "",
+            }
+        )
+    )
     try:
         # An air-gapped site: the nodes' own apt sources cannot be reached (connection refused).
         for node in NODES:
@@ -279,9 +307,9 @@ def test_the_gpu_operator_runs_from_the_private_registry_with_the_cluster_runtim
     """site.yml's platform.yml: chart v1.11.1 released, its CRD and ClusterPolicy with the cluster's runtime,
     and the operator Running on the image the bundle built from its Go module, pulled from the private
     registry. There is no GPU here (and no NFD image): the operator finds no GPU node and says so."""
-    assert [(r["name"], r["namespace"], r["chart"], r["status"]) for r in helm_releases()] == [
-        ("gpu-operator", "gpu-operator", "gpu-operator-v1.11.1", "deployed")
-    ]
+    assert [
+        (r["namespace"], r["chart"], r["status"]) for r in helm_releases() if r["name"] == "gpu-operator"
+    ] == [("gpu-operator", "gpu-operator-v1.11.1", "deployed")]
     kubectl("get", "crd", "clusterpolicies.nvidia.com")
     policy = kube_json("get", "clusterpolicies.nvidia.com", "cluster-policy")
     assert policy["spec"]["operator"]["defaultRuntime"] == "docker"
@@ -311,10 +339,63 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     assert result.returncode == 0, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}
     # No new revision of the GPU operator's release either.
-    assert [r["revision"] for r in helm_releases()] == ["1"]
+    assert {r["name"]: r["revision"] for r in helm_releases()} == {"gpu-operator": "1", "runai-backend": "1"}
     config = json.loads(on("worker-1", "cat /etc/docker/daemon.json"))
     assert config["runtimes"]["nvidia"]["path"] == "/usr/bin/nvidia-container-runtime"
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def runai_login(password: str) -> str:
+    """The HTTP status of a login of the admin account, from cp-1, through the control plane's ingress."""
+    return on(
+        "cp-1",
+        f"curl -s -o /dev/null -w '%{{http_code}}' --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP}"
+        " --cacert /etc/kubernetes/appliance/runai-ca.crt -d grant_type=password -d client_id=runai"
+        f" -d username=test@run.ai --data-urlencode password={password}"
+        f" https://{RUNAI_DOMAIN}/auth/realms/runai/protocol/openid-connect/token",
+    )
+
+
+def test_the_run_ai_control_plane_runs_from_the_private_registry_without_the_default_login(converged):
+    """runai_backend with the synthetic tarball 2.9.0: the release deployed, every pod Running on images
+    pushed into the private registry, the ingress on the external IP with the generated certificate, and
+    the well-known admin login refused while the inventory's password logs in."""
+    releases = {r["name"]: r for r in helm_releases()}
+    assert (releases["runai-backend"]["namespace"], releases["runai-backend"]["chart"]) == (
+        "runai-backend",
+        "runai-backend-2.9.0",
+    )
+    assert releases["runai-backend"]["status"] == "deployed"
+    pods = kube_json("-n", "runai-backend", "get", "pods")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["status"]["phase"] == "Running", pod["metadata"]["name"]
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+        assert pod["spec"]["containers"][0]["image"].startswith(f"{RUNAI_IP}:5000/run-ai-prod/")
+        assert pod["spec"]["nodeName"] == "worker-2"  # the runai_system group's node
+    assert runai_login("password") == "401"
+    assert runai_login(RUNAI_PASSWORD) == "200"
+    values = on("cp-1", "stat -c '%a %U' /etc/kubernetes/appliance/runai-backend-values.yaml").split()
+    assert values == ["600", "root"]
+
+
+def test_a_bad_run_ai_tarball_or_certificate_strategy_stops_the_run_before_any_change(converged, tmp_path):
+    corrupt = tmp_path / "runai-airgapped-2.9.0.tar.gz"
+    corrupt.write_bytes(Path(runai_tarball("2.9.0")).read_bytes()[:3_000_000])
+    cases = {
+        "missing": (
+            ["-e", f"runai_airgapped_tar={tmp_path / 'nothing.tar.gz'}"],
+            "does not exist on the controller",
+        ),
+        "corrupt": (["-e", f"runai_airgapped_tar={corrupt}"], "cannot be read"),
+        "no certificate": (["-e", "runai_tls_generate=false"], "No certificate for runai.labsite.example"),
+    }
+    for case, (extra, expected) in cases.items():
+        result, summary = site(*extra)
+        assert result.returncode != 0, case
+        message = " ".join(summary["failures"][0]["message"].split())
+        assert "nothing was changed" in message and expected in message, (case, message)
+        assert set(changed(summary).values()) == {0}, (case, summary["hosts"])
 
 
 def test_check_mode_on_the_converged_lab_reports_no_change(converged):
