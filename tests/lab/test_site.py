@@ -339,7 +339,11 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     assert result.returncode == 0, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}
     # No new revision of the GPU operator's release either.
-    assert {r["name"]: r["revision"] for r in helm_releases()} == {"gpu-operator": "1", "runai-backend": "1"}
+    assert {r["name"]: r["revision"] for r in helm_releases()} == {
+        "gpu-operator": "1",
+        "runai-backend": "1",
+        "runai-cluster": "1",
+    }
     config = json.loads(on("worker-1", "cat /etc/docker/daemon.json"))
     assert config["runtimes"]["nvidia"]["path"] == "/usr/bin/nvidia-container-runtime"
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
@@ -377,6 +381,22 @@ def test_the_run_ai_control_plane_runs_from_the_private_registry_without_the_def
     assert runai_login(RUNAI_PASSWORD) == "200"
     values = on("cp-1", "stat -c '%a %U' /etc/kubernetes/appliance/runai-backend-values.yaml").split()
     assert values == ["600", "root"]
+
+
+def test_the_run_ai_cluster_is_connected_to_the_control_plane(converged):
+    """runai_cluster: the cluster chart 2.9.0 released in namespace runai; its agent is ready only while it
+    reaches https://DOMAIN with the control plane's CA (its readiness is the connection), and says so."""
+    release = {r["name"]: r for r in helm_releases()}["runai-cluster"]
+    assert (release["namespace"], release["chart"], release["status"]) == (
+        "runai",
+        "runai-cluster-2.9.0",
+        "deployed",
+    )
+    pods = kube_json("-n", "runai", "get", "pods", "-l", "app.kubernetes.io/name=runai-agent")["items"]
+    assert len(pods) == 1 and all(c["ready"] for c in pods[0]["status"]["containerStatuses"])
+    assert pods[0]["spec"]["containers"][0]["image"] == f"{RUNAI_IP}:5000/run-ai-prod/agent:2.9.0"
+    log = kubectl("-n", "runai", "logs", pods[0]["metadata"]["name"]).stdout
+    assert f"connected to control plane https://{RUNAI_DOMAIN} (version 2.9.0)" in log
 
 
 def test_a_bad_run_ai_tarball_or_certificate_strategy_stops_the_run_before_any_change(converged, tmp_path):
