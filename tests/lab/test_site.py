@@ -424,6 +424,60 @@ def test_check_mode_on_the_converged_lab_reports_no_change(converged):
     assert set(changed(summary).values()) == {0}
 
 
+def release_values(name: str, namespace: str) -> dict:
+    return json.loads(
+        on("cp-1", f"helm --kubeconfig /etc/kubernetes/admin.conf get values {name} -n {namespace} -o json")
+    )
+
+
+def test_an_upgrade_to_a_newer_tarball_keeps_every_value_and_a_second_one_changes_nothing(converged):
+    """playbooks/upgrade.yml from the synthetic 2.9.0 to 2.10.0: a value an operator set by hand (helm
+    --reuse-values --set) survives with every other value; the pods run the new images from the private
+    registry; the admin password stays; a second run is a no-op. After it the lab runs 2.10.0."""
+    on(
+        "cp-1",
+        "helm --kubeconfig /etc/kubernetes/admin.conf upgrade runai-backend"
+        " /var/lib/appliance/runai/2.9.0/deploy/runai-backend-2.9.0.tgz -n runai-backend"
+        " --reuse-values --set operatorNote=kept --wait >/dev/null",
+    )
+    before = {
+        name: release_values(name, ns)
+        for name, ns in (("runai-backend", "runai-backend"), ("runai-cluster", "runai"))
+    }
+    assert before["runai-backend"]["operatorNote"] == "kept"
+    upgrade = ("upgrade", "-e", f"@{RUNAI_VARS}", "-e", f"runai_airgapped_tar={runai_tarball('2.10.0')}")
+    result, summary = run_playbook(LAB_ENV, *upgrade)
+    assert result.returncode == 0, result.stdout[-4000:]
+    releases = {r["name"]: r for r in helm_releases()}
+    assert releases["runai-backend"]["chart"] == "runai-backend-2.10.0"
+    assert releases["runai-cluster"]["chart"] == "runai-cluster-2.10.0"
+    after = {
+        name: release_values(name, ns)
+        for name, ns in (("runai-backend", "runai-backend"), ("runai-cluster", "runai"))
+    }
+    assert after == before
+    images = kubectl(
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        "app.kubernetes.io/instance in (runai-backend,runai-cluster)",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.containers[0].image}{'\\n'}{end}",
+    ).stdout.split()
+    assert sorted(images) == [
+        f"{RUNAI_IP}:5000/run-ai-prod/{name}:2.10.0"
+        for name in ("agent", "backend", "nginx-ingress-controller")
+    ]
+    assert runai_login("password") == "401"
+    assert runai_login(RUNAI_PASSWORD) == "200"
+    revisions = {r["name"]: r["revision"] for r in helm_releases()}
+    again, summary = run_playbook(LAB_ENV, *upgrade)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert set(changed(summary).values()) == {0}
+    assert {r["name"]: r["revision"] for r in helm_releases()} == revisions
+
+
 # Last: these restart the API server. Researcher authentication (playbooks/researchers.yml, role
 # apiserver_oidc). The API server fetches the issuer's discovery document only when a token comes, so an
 # issuer that does not exist here still lets it start.
