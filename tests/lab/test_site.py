@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import lab_kubectl, run_cli, run_playbook
 
@@ -86,6 +87,7 @@ def converged():
         # An air-gapped site: the nodes' own apt sources cannot be reached (connection refused).
         for node in NODES:
             on(node, f"echo 'deb {UNREACHABLE_MIRROR} bookworm main' > /etc/apt/sources.list")
+        on("cp-1", f"useradd --create-home --shell /bin/bash {RESEARCHER}")
         # --check first, on the fresh nodes: what it reported and what it left on them.
         check, check_summary = site("--check")
         left = {
@@ -485,8 +487,19 @@ ISSUER = "https://runai.lab.example/auth/realms/runai"
 APISERVER_MANIFEST = "/etc/kubernetes/manifests/kube-apiserver.yaml"
 
 
+RESEARCHER = "alice"  # an account on cp-1, the lab's jumpbox (made by the fixture)
+
+
 def researchers(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    return run_playbook(LAB_ENV, "playbooks/researchers.yml", *extra)
+    return run_playbook(
+        LAB_ENV,
+        "playbooks/researchers.yml",
+        "-e",
+        f"@{RUNAI_VARS}",
+        "-e",
+        json.dumps({"runai_cli_researchers": [RESEARCHER]}),
+        *extra,
+    )
 
 
 def apiserver_command() -> list[str]:
@@ -511,6 +524,25 @@ def test_the_api_server_authenticates_researchers_with_the_oidc_flags(converged)
     again, summary = researchers("-e", f"apiserver_oidc_issuer_url={ISSUER}")
     assert again.returncode == 0, again.stdout[-3000:]
     assert set(changed(summary).values()) == {0}  # validate.yml runs on every node
+
+
+def test_researchers_get_the_run_ai_cli_with_completion_and_a_kubeconfig_of_the_run_ai_user(converged):
+    """runai_cli on the jumpbox (cp-1), from researchers.yml's run above: the tarball's CLI, its bash
+    completion in login shells, and the researcher's own kubeconfig, whose user is the Run:ai
+    authenticated user: kubectl asks for a Run:ai login instead of using any admin credential."""
+    as_researcher = f"su - {RESEARCHER} -c"
+    assert on("cp-1", f"{as_researcher} 'runai version'").strip() == "Version: 2.9.0"
+    assert on("cp-1", f"{as_researcher} 'complete -p runai'").strip() == "complete -F _runai runai"
+    assert on("cp-1", f"stat -c '%a %U' ~{RESEARCHER}/.kube/config").split() == ["600", RESEARCHER]
+    config = yaml.safe_load(on("cp-1", f"cat ~{RESEARCHER}/.kube/config"))
+    assert config["clusters"][0]["cluster"]["server"] == f"https://{RUNAI_IP}:6443"
+    user = config["users"][0]
+    assert user["name"] == "runai-authenticated-user"
+    assert user["user"]["auth-provider"]["name"] == "oidc"
+    assert user["user"]["auth-provider"]["config"]["idp-issuer-url"] == ISSUER
+    assert on("cp-1", f"{as_researcher} 'runai whoami'").strip() == "runai-authenticated-user"
+    refused = on("cp-1", f"{as_researcher} 'kubectl get nodes 2>&1 || true'")
+    assert "No valid id-token" in refused, refused
 
 
 def test_an_issuer_the_api_server_refuses_puts_the_previous_manifest_back(converged):

@@ -46,6 +46,7 @@ def test_groups_match_the_sample_inventory():
         "gpu_workers": ["worker-1"],
         "cpu_workers": ["worker-2"],
         "runai_system": ["worker-2"],
+        "jumpbox": ["cp-1"],
     }
     # With no workers the control plane hosts the Run:ai services.
     assert lab.groups_for(nodes.plan(LAB, 0))["runai_system"] == ["cp-1"]
@@ -56,7 +57,16 @@ def test_sample_inventory_has_the_same_groups():
 
     sample = yaml.safe_load((PROJECT / "inventories" / "sample" / "hosts.yml").read_text())
     children = sample["all"]["children"]
-    for group in ("control_plane", "gpu_workers", "cpu_workers", "runai_system", "workers", "k8s_cluster"):
+    groups = (
+        "control_plane",
+        "gpu_workers",
+        "cpu_workers",
+        "runai_system",
+        "jumpbox",
+        "workers",
+        "k8s_cluster",
+    )
+    for group in groups:
         assert group in children
 
 

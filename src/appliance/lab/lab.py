@@ -154,6 +154,8 @@ def groups_for(planned: list[nodes.Node]) -> dict[str, list[str]]:
         "gpu_workers": gpu,
         "cpu_workers": cpu,
         "runai_system": [cpu[-1]] if cpu else [planned[0].name],
+        # Where researchers work with the Run:ai CLI (playbooks/researchers.yml); in the lab, cp-1.
+        "jumpbox": [planned[0].name],
     }
 
 
@@ -181,6 +183,7 @@ def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
                 "gpu_workers": {"hosts": hosts(groups["gpu_workers"])},
                 "cpu_workers": {"hosts": hosts(groups["cpu_workers"])},
                 "runai_system": {"hosts": hosts(groups["runai_system"])},
+                "jumpbox": {"hosts": hosts(groups["jumpbox"])},
             },
         }
     }
