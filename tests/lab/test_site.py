@@ -480,6 +480,58 @@ def test_an_upgrade_to_a_newer_tarball_keeps_every_value_and_a_second_one_change
     assert {r["name"]: r["revision"] for r in helm_releases()} == revisions
 
 
+KUBEFLOW_CRD = Path(__file__).parent / "fixtures" / "kubeflow-poddefault-crd.yaml"
+MLFLOW_PLACEHOLDERS = {
+    "{replaced with MLflow Project name}": "mlflow-demo",
+    "{replaced with URI of Docker image created during Project execution}": "registry.local/mlflow/team-a:1",
+    "{replaced with MLflow Project entry point command}": "python",
+}
+
+
+def test_kubeflow_pod_defaults_and_mlflow_templates_put_work_in_run_ai_projects(converged, tmp_path):
+    """integrations.yml (role runai_integrations): PodDefaults for whole GPUs and fractions in a Kubeflow
+    namespace, and an MLflow job template the API server accepts with the Run:ai scheduler in the project's
+    namespace. Kubeflow cannot run here: its PodDefault CRD (tests/lab/fixtures) stands in for it."""
+    kubectl("apply", "-f", str(KUBEFLOW_CRD))
+    kubectl("create", "namespace", "kubeflow-alice")
+    kubectl("create", "namespace", "runai-team-a")
+    settings = tmp_path / "integrations.yml"
+    settings.write_text(
+        json.dumps(
+            {
+                "runai_integrations_kubeflow_namespaces": [
+                    {"namespace": "kubeflow-alice", "project": "team-a", "fractions": [0.5]}
+                ],
+                "runai_integrations_mlflow_projects": [{"project": "team-a", "gpus": 1}],
+            }
+        )
+    )
+    result, summary = run_playbook(LAB_ENV, "integrations", "-e", f"@{settings}")
+    assert result.returncode == 0, result.stdout[-3000:]
+    defaults = {
+        item["metadata"]["name"]: item["spec"]
+        for item in kube_json("-n", "kubeflow-alice", "get", "poddefaults")["items"]
+    }
+    assert set(defaults) == {"runai-non-fractional", "runai-0-5-gpu"}
+    assert defaults["runai-non-fractional"]["env"] == [{"name": "RUNAI_PROJECT", "value": "team-a"}]
+    assert defaults["runai-0-5-gpu"]["env"] == [
+        {"name": "RUNAI_PROJECT", "value": "team-a"},
+        {"name": "RUNAI_GPU_FRACTION", "value": "0.5"},
+    ]
+    for name, spec in defaults.items():
+        assert spec["selector"] == {"matchLabels": {name: "true"}}
+    template = on("cp-1", "cat /etc/runai/mlflow/team-a/kubernetes_job_template.yaml")
+    for placeholder, value in MLFLOW_PLACEHOLDERS.items():
+        template = template.replace(placeholder, value)
+    job = json.loads(kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=template).stdout)
+    assert job["metadata"]["namespace"] == "runai-team-a"
+    assert job["spec"]["template"]["spec"]["schedulerName"] == "runai-scheduler"
+    config = json.loads(on("cp-1", "cat /etc/runai/mlflow/team-a/kubernetes_config.json"))
+    assert config["kube-job-template-path"] == "/etc/runai/mlflow/team-a/kubernetes_job_template.yaml"
+    again, summary = run_playbook(LAB_ENV, "integrations", "-e", f"@{settings}")
+    assert again.returncode == 0 and set(changed(summary).values()) == {0}, again.stdout[-3000:]
+
+
 # Last: these restart the API server. Researcher authentication (playbooks/researchers.yml, role
 # apiserver_oidc). The API server fetches the issuer's discovery document only when a token comes, so an
 # issuer that does not exist here still lets it start.
