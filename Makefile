@@ -1,5 +1,6 @@
 # The two commands of README.md:
-#   make lab    sets up this machine and brings up the lab appliance (the main job)
+#   make lab    sets up this machine and brings up the lab appliance (the main job), Run:ai included
+#               (from a synthetic tarball: the real one is proprietary)
 #   make test   runs every test tier: lint, unit, lab, Molecule
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
@@ -12,7 +13,7 @@ setup:
 
 lab: setup
 	appliance lab bundle
-	appliance lab up
+	appliance lab up --runai-tarball "$$(appliance lab runai-tarball)"
 	appliance bootstrap
 
 lab-down: setup

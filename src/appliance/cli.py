@@ -234,9 +234,21 @@ def node_status(inventory: InventoryOption = None, as_json: JsonOption = False) 
 @lab_app.command("up")
 def lab_up(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Number of worker nodes.")] = 2,
+    runai_tarball: Annotated[
+        Path | None,
+        typer.Option(
+            "--runai-tarball",
+            help="A Run:ai air-gapped tarball: the inventory then installs Run:ai from it "
+            "(lab domain, generated certificate and admin password).",
+        ),
+    ] = None,
 ) -> None:
     """Create (or reuse) cp-1 and N workers, reachable over SSH; write inventories/lab/hosts.yml."""
-    planned = lab.up(workers, log=lambda line: console.print(f"lab: {line}", highlight=False))
+    planned = lab.up(
+        workers,
+        log=lambda line: console.print(f"lab: {line}", highlight=False),
+        runai_tarball=runai_tarball,
+    )
     files = lab.LabFiles.of(nodes.LabId.from_environment())
     console.print(f"lab: {len(planned)} nodes up; inventory {files.inventory}", highlight=False)
 

@@ -89,3 +89,22 @@ def test_image_tag_derives_from_the_recipe(monkeypatch):
     assert image.image_tag() == tag  # stable
     monkeypatch.setattr(image, "PACKAGES", (*image.PACKAGES, "vim"))
     assert image.image_tag() != tag
+
+
+def test_run_ai_variables_point_at_cp_1_and_keep_one_generated_password(tmp_path):
+    planned = nodes.plan(LAB, 2)
+    files = lab.LabFiles(
+        key=tmp_path / "id_ed25519", known_hosts=tmp_path / "known_hosts", inventory=tmp_path / "h"
+    )
+    tarball = tmp_path / "runai-airgapped-2.9.0.tar.gz"
+    tarball.write_bytes(b"")
+    first = lab.runai_variables(planned, files, tarball)
+    password = tmp_path / "runai-admin-password"
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert len(password.read_text().strip()) >= 20
+    assert first["runai_external_ip"] == planned[0].address
+    assert first["runai_domain"] == f"runai.{planned[0].lab}.test"
+    assert first["runai_airgapped_tar"] == str(tarball)
+    assert str(password) in first["runai_admin_password"]  # the inventory names the file, not the secret
+    before = password.read_text()
+    assert lab.runai_variables(planned, files, tarball) == first and password.read_text() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import time
 from collections.abc import Callable
@@ -38,8 +39,13 @@ class LabFiles:
         )
 
 
-def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]:
-    """Bring the lab to WORKERS workers plus cp-1, reachable over SSH; reuse what already runs."""
+def up(
+    workers: int = 2, log: Callable[[str], None] = print, runai_tarball: Path | None = None
+) -> list[nodes.Node]:
+    """Bring the lab to WORKERS workers plus cp-1, reachable over SSH; reuse what already runs. With
+    RUNAI_TARBALL, the inventory also installs Run:ai from it (runai_variables)."""
+    if runai_tarball is not None and not runai_tarball.is_file():
+        raise UsageError(f"--runai-tarball {runai_tarball}: no such file")
     lab = nodes.LabId.from_environment()
     planned = nodes.plan(lab, workers)
     docker.require_engine()
@@ -60,7 +66,7 @@ def up(workers: int = 2, log: Callable[[str], None] = print) -> list[nodes.Node]
         _authorize(node, public_key)
         _write_resolv_conf(node, resolv_conf)
     _write_known_hosts(planned, files.known_hosts)
-    write_inventory(planned, files)
+    write_inventory(planned, files, runai_variables(planned, files, runai_tarball) if runai_tarball else {})
     return planned
 
 
@@ -159,7 +165,31 @@ def groups_for(planned: list[nodes.Node]) -> dict[str, list[str]]:
     }
 
 
-def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
+def runai_variables(planned: list[nodes.Node], files: LabFiles, tarball: Path) -> dict[str, Any]:
+    """The Run:ai inputs of a lab appliance: the tarball, a domain of the reserved .test name space on
+    cp-1's address, a CA and certificate made by role runai_backend, and an admin password generated once
+    per lab, kept in the lab's state directory (0600) and read from there by the inventory."""
+    password = files.key.parent / "runai-admin-password"
+    if not password.exists():
+        password.touch(mode=0o600)
+        password.write_text(secrets.token_urlsafe(18) + "\n")
+    control_plane = planned[0]
+    return {
+        "runai_airgapped_tar": str(tarball.resolve()),
+        "runai_domain": f"runai.{control_plane.lab}.test",
+        "runai_external_ip": control_plane.address,
+        "runai_tls_generate": True,
+        # The lab has neither an NFS server nor a storage class; the synthetic control plane stores nothing.
+        "runai_storage_class": "lab-none",
+        "runai_admin_password": f"{{{{ lookup('ansible.builtin.file', '{password}') }}}}",
+        # No DNS server of the lab knows the domain; the roles connect to the IP with the domain's name.
+        "preflight_runai_domain": "",
+    }
+
+
+def write_inventory(
+    planned: list[nodes.Node], files: LabFiles, extra_vars: dict[str, Any] | None = None
+) -> None:
     groups = groups_for(planned)
     addresses = {n.name: n.address for n in planned}
 
@@ -174,6 +204,7 @@ def write_inventory(planned: list[nodes.Node], files: LabFiles) -> None:
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
                 "appliance_bundle_dir": str(paths.lab_bundle_dir()),
                 **lab_variables(),
+                **(extra_vars or {}),
             },
             "hosts": {name: {"ansible_host": address} for name, address in addresses.items()},
             "children": {
