@@ -37,10 +37,9 @@ options:
     required: true
     no_log: true
   default_password:
-    description: The password a fresh control plane gives the admin account.
+    description: The password a fresh control plane gives the admin account (well known, so not hidden).
     type: str
     default: password
-    no_log: true
   realm:
     description: The identity provider's realm.
     type: str
@@ -182,7 +181,8 @@ def main() -> None:
             "ca_file": {"type": "path", "required": True},
             "username": {"type": "str", "default": "test@run.ai"},
             "password": {"type": "str", "required": True, "no_log": True},
-            "default_password": {"type": "str", "default": "password", "no_log": True},
+            # Public knowledge, and hiding it would mask the word "password" in every message.
+            "default_password": {"type": "str", "default": "password", "no_log": False},
             "realm": {"type": "str", "default": "runai"},
             "client_id": {"type": "str", "default": "runai"},
             "timeout": {"type": "int", "default": 300},

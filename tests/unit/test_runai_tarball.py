@@ -1,4 +1,5 @@
-"""The synthetic Run:ai air-gapped tarball: its layout, images, charts and CLI, and the backend's login.
+"""The synthetic Run:ai air-gapped tarball: its layout, images, charts and CLI, the backend's login, and
+module runai_admin_password against that backend.
 
 Builds with go and docker (about a minute the first time, then from the cache); skipped without them.
 """
@@ -14,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -584,3 +586,72 @@ def test_go_tests_pass(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _admin_password(port: int, ca_file: Path, password: str, *extra: str) -> tuple[dict, str]:
+    """plugins/modules/runai_admin_password.py, run by ansible on this machine against the backend."""
+    args = {
+        "url": f"https://localhost:{port}",
+        "address": "127.0.0.1",
+        "ca_file": str(ca_file),
+        "password": password,
+        "timeout": 15,
+    }
+    env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
+    ansible = Path(sys.executable).parent / "ansible"
+    command = [str(ansible), "localhost", "-c", "local", "-m", "runai_admin_password", "-a", json.dumps(args)]
+    result = subprocess.run(
+        [*command, *extra],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"], result.stdout
+
+
+def test_the_admin_password_module_replaces_the_default_password_once(
+    server_binary: Path, certificate: tuple[Path, Path], kubernetes: str, tmp_path: Path
+) -> None:
+    """Module runai_admin_password against the synthetic backend: --check reports the change and makes
+    none; the run sets the password (the default then refused); a second run changes nothing; a password
+    that is neither the current nor the default one, or a CA that did not sign the certificate, fails."""
+    cert, key = certificate
+    token_file = tmp_path / "token"
+    token_file.write_text(FakeKubernetes.token)
+    port = _free_port()
+    base = f"https://127.0.0.1:{port}"
+    backend = Process(
+        server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{port}",
+        f"--tls-cert={cert}", f"--tls-key={key}", "--namespace=runai-backend",
+        "--admin-secret=runai-backend-admin", f"--version={VERSION}", f"--kube-api={kubernetes}",
+        f"--kube-token-file={token_file}", f"--kube-ca-file={cert}",
+    )  # fmt: skip
+    try:
+        _wait_for(f"{base}/healthz", cert, backend)
+        checked, _ = _admin_password(port, cert, "Vault-pw-1", "--check")
+        assert checked["changed"] is True and not checked.get("failed"), checked
+        assert _login_status(base, cert, "password") == 200
+        done, output = _admin_password(port, cert, "Vault-pw-1")
+        assert done["changed"] is True and not done.get("failed"), done
+        assert "Vault-pw-1" not in output
+        assert _login_status(base, cert, "password") == 401
+        _login(base, cert, "Vault-pw-1")
+        again, _ = _admin_password(port, cert, "Vault-pw-1")
+        assert again["changed"] is False and not again.get("failed"), again
+        neither, _ = _admin_password(port, cert, "Other-pw-2")
+        assert neither.get("failed") is True and "neither with the given password" in neither["msg"]
+        other_ca = tmp_path / "other-ca.crt"
+        other_ca.write_bytes(
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")]))
+            .public_key((other := ec.generate_private_key(ec.SECP256R1())).public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5))
+            .not_valid_after(datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(other, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
+        untrusted, _ = _admin_password(port, other_ca, "Vault-pw-1")
+        assert untrusted.get("failed") is True and "does not verify" in untrusted["msg"], untrusted
+    finally:
+        backend.stop()
