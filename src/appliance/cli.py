@@ -40,6 +40,11 @@ node_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(node_app, name="node")
+health_app = typer.Typer(
+    help="GPU node health: parse kernel logs for Xid faults, show and re-admit isolated GPU nodes.",
+    no_args_is_help=True,
+)
+app.add_typer(health_app, name="health")
 
 console = Console()
 errors = Console(stderr=True)
