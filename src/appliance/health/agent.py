@@ -1,0 +1,404 @@
+"""The GPU health node agent: follows the kernel log and nvidia-smi, reports faults on its own Node.
+
+Runs on each GPU worker as the systemd service appliance-gpu-health-agent (role gpu_health), with the
+node's own kubelet credentials (/etc/kubernetes/kubelet.conf): the API server's Node authorizer lets a
+node write its own status and events, nothing else. It
+
+- reads kernel messages from the configured source: `kmsg` (/dev/kmsg, new records only), `journal`
+  (`journalctl -k -f`), or `file:PATH` (a file followed like `tail -F`: how tests feed it, and how a
+  site feeds it a relayed log);
+- parses each line with appliance.health.xid and judges it with the Xid catalog (repeat windows for
+  application-class codes);
+- where nvidia-smi exists, checks every `check_interval` seconds that it sees the expected number of GPUs
+  and that no GPU has uncorrected ECC errors;
+- on a fatal fault sets GPUHealthy=False (reason and line) at once, records an Event for every fault
+  reported (at most one per reason per `event_interval`), and serves Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from appliance.health import node as nodeapi
+from appliance.health.catalog import Assessor, Catalog
+from appliance.health.kube import Client, KubeError
+from appliance.health.xid import parse_line
+
+log = logging.getLogger("appliance.health.agent")
+
+
+@dataclass
+class AgentConfig:
+    node_name: str = dataclasses.field(default_factory=socket.gethostname)
+    kubeconfig: Path = Path("/etc/kubernetes/kubelet.conf")
+    source: str = "kmsg"
+    expected_gpus: int = 0  # 0: do not check the count
+    nvidia_smi: str = "nvidia-smi"
+    check_interval: float = 60.0
+    event_interval: float = 30.0
+    metrics_address: str = ":9465"  # "" serves no metrics
+    catalog_override: Path | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> AgentConfig:
+        import yaml
+
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        for key in ("kubeconfig", "catalog_override"):
+            if data.get(key):
+                data[key] = Path(data[key])
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def follow_file(path: Path, stop: threading.Event, poll: float = 0.05) -> Iterator[str]:
+    """Lines appended to PATH from now on, across truncation and replacement (log rotation)."""
+    handle = None
+    identity = None
+    while not stop.is_set():
+        if handle is None:
+            try:
+                handle = path.open("r", errors="replace")
+                identity = os.fstat(handle.fileno()).st_ino
+                handle.seek(0, os.SEEK_END)
+            except FileNotFoundError:
+                stop.wait(poll * 10)
+                continue
+        line = handle.readline()
+        if line.endswith("\n"):
+            yield line.rstrip("\n")
+            continue
+        if line:  # a partial line: the writer is mid-way; read it again whole
+            handle.seek(handle.tell() - len(line.encode()))
+        stop.wait(poll)
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        if status.st_ino != identity or status.st_size < handle.tell():
+            handle.close()
+            handle = path.open("r", errors="replace")  # a new file is read from its start
+            identity = os.fstat(handle.fileno()).st_ino
+    if handle:
+        handle.close()
+
+
+def follow_kmsg(stop: threading.Event, device: str = "/dev/kmsg") -> Iterator[str]:
+    """New kernel records from /dev/kmsg ("prio,seq,usec,flags;message"): the message part."""
+    fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        os.set_blocking(fd, True)
+        while not stop.is_set():
+            try:
+                record = os.read(fd, 8192)
+            except OSError as error:
+                if error.errno == errno.EPIPE:  # records overwritten before we read them: go on
+                    continue
+                raise
+            _, _, message = record.decode(errors="replace").partition(";")
+            yield message.split("\n", 1)[0]
+    finally:
+        os.close(fd)
+
+
+def follow_journal(stop: threading.Event) -> Iterator[str]:
+    process = subprocess.Popen(
+        ["journalctl", "-k", "-f", "-n", "0", "-o", "cat"],
+        stdout=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if stop.is_set():
+                break
+            yield line.rstrip("\n")
+    finally:
+        process.terminate()
+
+
+def open_source(source: str, stop: threading.Event) -> Iterator[str]:
+    if source == "kmsg":
+        return follow_kmsg(stop)
+    if source == "journal":
+        return follow_journal(stop)
+    if source.startswith("file:"):
+        return follow_file(Path(source[5:]), stop)
+    raise ValueError(f"source {source!r}: expected kmsg, journal or file:PATH")
+
+
+# ------------------------------------------------------------------------------------------- nvidia-smi
+
+
+@dataclass(frozen=True)
+class SmiFinding:
+    reason: str
+    action: str
+    message: str
+
+
+def check_gpus(
+    nvidia_smi: str, expected: int, run: Callable[[list[str]], tuple[int, str]]
+) -> tuple[int, SmiFinding | None]:
+    """The GPUs nvidia-smi lists, and the gravest problem it shows: fewer GPUs than expected, or
+    uncorrected ECC errors."""
+    code, output = run(
+        [
+            nvidia_smi,
+            "--query-gpu=index,pci.bus_id,ecc.errors.uncorrected.volatile.total",
+            "--format=csv,noheader,nounits",
+        ]
+    )
+    if code != 0:
+        detail = output.strip().splitlines()[0] if output.strip() else f"exit {code}"
+        return 0, SmiFinding("GPUMissing", "reboot", f"reboot: nvidia-smi failed: {detail}")
+    rows = [[cell.strip() for cell in line.split(",")] for line in output.splitlines() if line.strip()]
+    if expected and len(rows) < expected:
+        seen = ", ".join(row[1] for row in rows if len(row) > 1) or "none"
+        return len(rows), SmiFinding(
+            "GPUMissing", "reboot", f"reboot: nvidia-smi sees {len(rows)} of {expected} GPUs ({seen})"
+        )
+    for row in rows:
+        if len(row) > 2 and row[2].isdigit() and int(row[2]) > 0:
+            return len(rows), SmiFinding(
+                "ECCUncorrected",
+                "reset-gpu",
+                f"reset-gpu: GPU {row[0]} ({row[1]}) has {row[2]} uncorrected ECC errors (volatile)",
+            )
+    return len(rows), None
+
+
+def run_command(command: list[str]) -> tuple[int, str]:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return 1, str(error)
+    return result.returncode, result.stdout if result.returncode == 0 else (result.stdout + result.stderr)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """Counters and gauges in Prometheus' text format; label sets are few (codes seen), so plain dicts."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lines = 0
+        self.faults: dict[tuple[str, str, str, str], int] = {}
+        self.api_errors = 0
+        self.healthy = 1
+        self.gpus_visible = -1
+        self.started = time.time()
+
+    def count_fault(self, kind: str, code: str, action: str, fatal: bool) -> None:
+        key = (kind, code, action, "true" if fatal else "false")
+        with self.lock:
+            self.faults[key] = self.faults.get(key, 0) + 1
+
+    def render(self, node: str) -> str:
+        with self.lock:
+            out = [
+                "# HELP appliance_gpu_health_lines_total Kernel log lines read by the agent.",
+                "# TYPE appliance_gpu_health_lines_total counter",
+                f'appliance_gpu_health_lines_total{{node="{node}"}} {self.lines}',
+                "# HELP appliance_gpu_faults_total GPU faults found, by kind, code and the catalog's action.",
+                "# TYPE appliance_gpu_faults_total counter",
+            ]
+            for (kind, code, action, fatal), count in sorted(self.faults.items()):
+                out.append(
+                    f'appliance_gpu_faults_total{{node="{node}",kind="{kind}",code="{code}",'
+                    f'action="{action}",fatal="{fatal}"}} {count}'
+                )
+            out += [
+                "# HELP appliance_gpu_healthy 1 while the node's GPUHealthy condition is True.",
+                "# TYPE appliance_gpu_healthy gauge",
+                f'appliance_gpu_healthy{{node="{node}"}} {self.healthy}',
+                "# HELP appliance_gpu_visible GPUs nvidia-smi lists (-1: no nvidia-smi on this node).",
+                "# TYPE appliance_gpu_visible gauge",
+                f'appliance_gpu_visible{{node="{node}"}} {self.gpus_visible}',
+                "# HELP appliance_gpu_health_api_errors_total Failed calls to the Kubernetes API.",
+                "# TYPE appliance_gpu_health_api_errors_total counter",
+                f'appliance_gpu_health_api_errors_total{{node="{node}"}} {self.api_errors}',
+            ]
+        return "\n".join(out) + "\n"
+
+
+def serve_metrics(address: str, render: Callable[[], str]) -> ThreadingHTTPServer:
+    host, _, port = address.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/healthz"):
+                self.send_error(404)
+                return
+            body = (render() if self.path.startswith("/metrics") else "ok\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # no access log in the journal
+            pass
+
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+# ----------------------------------------------------------------------------------------------- agent
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: Client | None = None,
+        run: Callable[[list[str]], tuple[int, str]] = run_command,
+    ) -> None:
+        self.config = config
+        self.client = client or Client(config.kubeconfig)
+        self.run = run
+        self.assessor = Assessor(Catalog.load(config.catalog_override))
+        self.metrics = Metrics()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.fault: nodeapi.NodeFault | None = None
+        self.synced_at = -1e9
+        self.last_event: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    # The node's condition is the truth: a restarted agent keeps a fault an earlier one reported.
+    def sync_condition(self) -> None:
+        current = nodeapi.condition(self.refresh_fault())
+        if current is None:
+            nodeapi.set_condition(
+                self.client, self.config.node_name, True, nodeapi.HEALTHY_REASON, "no GPU fault reported"
+            )
+        else:
+            nodeapi.heartbeat(self.client, self.config.node_name, current)
+
+    def refresh_fault(self) -> dict[str, Any]:
+        node = nodeapi.get_node(self.client, self.config.node_name)
+        with self.lock:
+            self.fault = nodeapi.fault_of(node)
+            self.metrics.healthy = 0 if self.fault else 1
+            self.synced_at = time.monotonic()
+        return node
+
+    def _covered(self, action: str) -> bool:
+        with self.lock:
+            fault = self.fault
+        return fault is not None and nodeapi.SEVERITY.get(action, 0) <= nodeapi.SEVERITY[fault.action]
+
+    def report(self, reason: str, action: str, message: str, fatal: bool) -> None:
+        """Record an Event (rate-limited per reason) and, for a fatal fault graver than the current one,
+        set GPUHealthy=False."""
+        name = self.config.node_name
+        if fatal and self._covered(action) and time.monotonic() - self.synced_at > 2.0:
+            # Re-admission may have cleared the condition since we last looked: the node says.
+            with contextlib.suppress(KubeError):
+                self.refresh_fault()
+        with self.lock:
+            escalate = fatal and (
+                self.fault is None or nodeapi.SEVERITY.get(action, 0) > nodeapi.SEVERITY[self.fault.action]
+            )
+            if escalate:
+                self.fault = nodeapi.NodeFault(reason, action, message, nodeapi.now_iso())
+                self.metrics.healthy = 0
+            now = time.monotonic()
+            emit = now - self.last_event.get(reason, -1e9) >= self.config.event_interval
+            if emit:
+                self.last_event[reason] = now
+                suppressed = self.suppressed.pop(reason, 0)
+            else:
+                self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+        try:
+            if escalate:
+                nodeapi.set_condition(self.client, name, False, reason, message)
+                log.warning("GPUHealthy=False on %s: %s %s", name, reason, message)
+            if emit or escalate:
+                more = f" ({suppressed} more since the last event)" if emit and suppressed else ""
+                nodeapi.record_event(self.client, name, reason, message + more, warning=fatal)
+        except KubeError as error:
+            with self.metrics.lock:
+                self.metrics.api_errors += 1
+            log.error("reporting %s on %s: %s", reason, name, error)
+            if escalate:  # the condition was not written: the next check or fault writes it again
+                with self.lock:
+                    self.fault = None
+
+    def handle_line(self, line: str) -> None:
+        with self.metrics.lock:
+            self.metrics.lines += 1
+        fault = parse_line(line)
+        if fault is None:
+            return
+        verdict = self.assessor.assess(fault, time.monotonic())
+        self.metrics.count_fault(fault.kind, str(fault.code or ""), verdict.action, verdict.fatal)
+        if verdict.action == "ignore" and not verdict.fatal:
+            log.info("%s (ignored by the catalog): %s", verdict.reason, fault.line)
+            return
+        self.report(verdict.reason, verdict.action, f"{verdict.action}: {fault.line.strip()}", verdict.fatal)
+
+    def check_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.sync_condition()
+            except KubeError as error:
+                with self.metrics.lock:
+                    self.metrics.api_errors += 1
+                log.error("condition of %s: %s", self.config.node_name, error)
+            smi = shutil.which(self.config.nvidia_smi)
+            if smi:
+                self.metrics.gpus_visible, finding = check_gpus(smi, self.config.expected_gpus, self.run)
+                if finding:
+                    self.report(finding.reason, finding.action, finding.message, True)
+            self.stop.wait(self.config.check_interval)
+
+    def run_forever(self) -> None:
+        if self.config.metrics_address:
+            serve_metrics(self.config.metrics_address, lambda: self.metrics.render(self.config.node_name))
+        threading.Thread(target=self.check_loop, name="check", daemon=True).start()
+        log.info(
+            "following %s on %s (expected GPUs: %s)",
+            self.config.source,
+            self.config.node_name,
+            self.config.expected_gpus or "not checked",
+        )
+        for line in open_source(self.config.source, self.stop):
+            self.handle_line(line)
+
+
+def main(config_path: Path | None, overrides: dict[str, Any]) -> int:
+    config = AgentConfig.from_file(config_path) if config_path else AgentConfig()
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    agent = Agent(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        agent.run_forever()
+    return 0
