@@ -156,6 +156,37 @@ def _node_request(
     )
 
 
+@app.command()
+def top(
+    inventory: InventoryOption = None,
+    group: Annotated[str, typer.Option("--group", help="The inventory group to read.")] = "gpu_workers",
+    limit: Annotated[
+        str | None, typer.Option("-l", "--limit", help="Further limit to these hosts or groups (a pattern).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document: cluster, nodes, gpus, errors.")
+    ] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option("--watch", min=1, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C."),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds each node has to answer.")] = 15,
+) -> None:
+    """GPU utilisation and memory per node and per GPU (nvidia-smi over SSH), like Run:ai's rntop.
+
+    Exit 1 when a node could not be read: unreachable, no nvidia-smi, or nvidia-smi failed."""
+    from appliance.health import top as gpu_top
+
+    project = paths.project_root()
+    hosts = gpu_top.inventory_hosts(
+        runner.resolve_inventory(inventory, project),
+        group=group,
+        limit=limit,
+        ansible_config=project / "ansible.cfg",
+    )
+    raise typer.Exit(gpu_top.show(hosts, as_json=as_json, watch=watch, timeout=timeout))
+
+
 @node_app.command("drain")
 def node_drain(
     node: NodeArgument,
