@@ -443,6 +443,25 @@ def bundle_verify(
         )
 
 
+@health_app.command("readmit")
+def health_readmit(
+    node: NodeArgument,
+    inventory: InventoryOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """After repair: a QA check on NODE (nvidia-smi, dcgmi diag -r 1 where installed); when it passes, clear
+    GPUHealthy=False and the fault taint. A cordon an admin set stays."""
+    request = _node_request("gpu_readmit", node, inventory, check=check, limit=f"{node},control_plane")
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@health_app.command("status")
+def health_status(inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
+    """Every GPU node: GPUHealthy, the last fault, the fault taint, the cordon; the circuit breaker."""
+    raise typer.Exit(execute(_node_request("gpu_status", None, inventory), as_json=as_json))
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
