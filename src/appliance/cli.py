@@ -267,6 +267,64 @@ def node_status(inventory: InventoryOption = None, as_json: JsonOption = False) 
     raise typer.Exit(execute(_node_request("status", None, inventory), as_json=as_json))
 
 
+@health_app.command("parse")
+def health_parse(
+    file: Annotated[
+        str, typer.Argument(help="Kernel log (dmesg, journalctl -k, /dev/kmsg records); - is stdin.")
+    ] = "-",
+    catalog_override: Annotated[
+        Path | None,
+        typer.Option("--catalog-override", help="Xid catalog overrides: a YAML file of the catalog's shape."),
+    ] = None,
+) -> None:
+    """Print each GPU fault (Xid, SXid, fallen off the bus) as a JSON line with the catalog's action.
+
+    Prints each fault as it arrives: journalctl -k -f | appliance health parse
+
+    Repeat windows count in the log's own time where its lines carry one; exit 0 with or without faults.
+    """
+    import contextlib
+    import time
+
+    from appliance.health.catalog import Assessor, Catalog, CatalogError
+    from appliance.health.xid import parse_lines, timestamp
+
+    try:
+        assessor = Assessor(Catalog.load(catalog_override))
+    except CatalogError as error:
+        raise UsageError(str(error)) from None
+    if file == "-":
+        sys.stdin.reconfigure(errors="replace")  # a kernel log may hold any bytes
+        source: contextlib.AbstractContextManager = contextlib.nullcontext(sys.stdin)
+    else:
+        try:
+            source = open(file, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by the with below
+        except OSError as error:
+            raise UsageError(f"cannot read {file}: {error.strerror}") from None
+    try:
+        with source as lines:
+            for fault in parse_lines(lines):
+                seen = timestamp(fault.line)
+                verdict = assessor.assess(fault, time.monotonic() if seen is None else seen)
+                record = {
+                    "kind": fault.kind,
+                    "code": fault.code,
+                    "pci": fault.pci,
+                    "pid": fault.pid,
+                    "process": fault.process,
+                    "severity": fault.severity,
+                    "action": verdict.action,
+                    "fatal": verdict.fatal,
+                    "reason": verdict.reason,
+                    "count": verdict.count,
+                    "description": verdict.entry.description,
+                    "line": fault.line,
+                }
+                print(json.dumps(record), flush=True)
+    except BrokenPipeError:  # the reader left (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 @lab_app.command("up")
 def lab_up(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Number of worker nodes.")] = 2,
