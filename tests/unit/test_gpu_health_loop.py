@@ -226,6 +226,20 @@ def test_the_file_source_follows_appends_truncation_and_replacement(tmp_path):
     assert seen == ["first", "second, half and whole", "after truncation", "after rotation"]
 
 
+def test_a_file_that_appears_after_the_start_is_read_from_its_beginning(tmp_path):
+    path = tmp_path / "kern.log"
+    stop = threading.Event()
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(follow_file(path, stop, poll=0.01)), daemon=True)
+    reader.start()
+    time.sleep(0.1)
+    path.write_text("the first line of a new file\n")
+    time.sleep(0.2)
+    stop.set()
+    reader.join(2)
+    assert seen == ["the first line of a new file"]
+
+
 def test_metrics_are_prometheus_text():
     metrics = Metrics()
     metrics.lines = 12

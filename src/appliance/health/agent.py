@@ -74,18 +74,22 @@ class AgentConfig:
 
 
 def follow_file(path: Path, stop: threading.Event, poll: float = 0.05) -> Iterator[str]:
-    """Lines appended to PATH from now on, across truncation and replacement (log rotation)."""
+    """Lines appended to PATH from now on, across truncation and replacement (log rotation); a file that
+    appears after the start is read from its beginning."""
     handle = None
     identity = None
+    existed = path.exists()
     while not stop.is_set():
         if handle is None:
             try:
                 handle = path.open("r", errors="replace")
-                identity = os.fstat(handle.fileno()).st_ino
-                handle.seek(0, os.SEEK_END)
             except FileNotFoundError:
-                stop.wait(poll * 10)
+                existed = False
+                stop.wait(poll)
                 continue
+            identity = os.fstat(handle.fileno()).st_ino
+            if existed:
+                handle.seek(0, os.SEEK_END)
         line = handle.readline()
         if line.endswith("\n"):
             yield line.rstrip("\n")

@@ -1,0 +1,198 @@
+"""Benchmark of the GPU health loop on a live cluster: prints detection-to-taint latency (p50, p99) and the
+agent's CPU and memory while idle and while it reads 10,000 kernel lines per second.
+
+    python benchmarks/health.py [--rounds N] [--keep]
+
+Runs its own lab (APPLIANCE_LAB_NAME=benchhealth on 172.28.13.0/24: cp-1 and worker-1, a GPU worker) built
+with `appliance bootstrap` from the lab's offline bundle (not timed), with the real agent on worker-1 and
+the real controller on cp-1.
+
+1. latency: a shell kept open on worker-1 appends an Xid 79 line to the file the lab's agent follows
+   (lab-vars.yml); the clock starts when the line is handed to that shell and stops when a watch of the
+   API server, opened before, shows the fault taint on worker-1. Then the node is re-admitted (the real
+   appliance.health.operations.readmit with the lab's admin kubeconfig; the QA check is not timed) and
+   the next round starts once the agent saw the node healthy again.
+2. agent resources: the agent's CPU time (utime + stime of its process) and RSS, over 30 s idle, then over
+   30 s while a writer on worker-1 appends 10,000 lines per second (kernel lines of a busy GPU node:
+   network, storage, cgroup and audit messages, one in a thousand an informational Xid 63) in batches of
+   1,000 every 0.1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from appliance.health import node as nodeapi
+from appliance.health import operations
+from appliance.health.kube import Client
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchhealth", "APPLIANCE_LAB_SUBNET": "172.28.13.0/24"}
+FEED = "/var/log/appliance-kernel-feed.log"
+XID79 = "NVRM: Xid (PCI:0000:4e:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Runs on worker-1: 10,000 lines/s for SECONDS, in batches of 1,000 every 0.1 s.
+WRITER = r"""
+import sys, time
+lines = [
+    "[%d.%06d] IPv6: ADDRCONF(NETDEV_CHANGE): cali%04x: link becomes ready",
+    "[%d.%06d] audit: type=1400 audit(1700000000.%d:%d): apparmor=\"STATUS\" operation=\"profile_load\"",
+    "[%d.%06d] EXT4-fs (nvme0n1p%d): mounted filesystem with ordered data mode. Opts: (null)",
+    "[%d.%06d] cni0: port %d(veth%04x) entered forwarding state",
+]
+xid = "[%d.%06d] NVRM: Xid (PCI:0000:4e:00): 63, pid=%d, Row Remapper: New row marked for remapping, reset gpu to activate."
+seconds = float(sys.argv[1])
+n = 0
+with open(sys.argv[2], "a") as out:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        batch = []
+        for _ in range(1000):
+            n += 1
+            template = xid if n % 1000 == 0 else lines[n % 4]
+            batch.append(template % ((n, n % 999999, n % 8, n % 9999) + (n,) * 3)[: template.count("%")] + "\n")
+        out.write("".join(batch))
+        out.flush()
+        time.sleep(max(0.0, start + n / 10000 - time.monotonic()))
+print(n)
+"""
+
+
+def appliance(*args: str) -> str:
+    result = subprocess.run([str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def on(node: str, script: str) -> str:
+    return appliance("lab", "exec", node, "--", "sh", "-c", script)
+
+
+class NodeShell:
+    """A shell kept open on a lab node: a command reaches it in a write, not a docker exec."""
+
+    def __init__(self, node: str) -> None:
+        self.process = subprocess.Popen(
+            [str(BIN / "appliance"), "lab", "exec", node, "--", "sh"],
+            env=ENV,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+def agent_usage() -> tuple[float, int]:
+    """CPU seconds (user + system) and RSS in KiB of worker-1's agent process."""
+    pid = on("worker-1", "systemctl show -p MainPID --value appliance-gpu-health-agent").strip()
+    stat, status = on("worker-1", f"cat /proc/{pid}/stat; echo ===; cat /proc/{pid}/status").split("===")
+    fields = stat.rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return cpu, rss
+
+
+def measure_latency(client: Client, rounds: int) -> list[float]:
+    shell = NodeShell("worker-1")
+    latencies = []
+    try:
+        for _ in range(rounds):
+            item = nodeapi.get_node(client, "worker-1")
+            version = item["metadata"]["resourceVersion"]
+            seen = threading.Event()
+
+            def watch(version: str = version, seen: threading.Event = seen) -> None:
+                path = "/api/v1/nodes?fieldSelector=metadata.name%3Dworker-1"
+                for event in client.watch(path, version, 60):
+                    if nodeapi.fault_taint(event.get("object", {})):
+                        seen.set()
+                        return
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            time.sleep(0.5)  # the watch is open
+            started = time.monotonic()
+            shell.send(f"echo {XID79!r} >> {FEED}")
+            if not seen.wait(30):
+                sys.exit("no taint on worker-1 within 30 s of an Xid 79 line")
+            latencies.append(time.monotonic() - started)
+            operations.readmit(client, "worker-1", "benchmarks/health.py: no QA, a benchmark round")
+            deadline = time.monotonic() + 30
+            while nodeapi.fault_of(nodeapi.get_node(client, "worker-1")) or time.monotonic() < started + 3:
+                if time.monotonic() > deadline:
+                    sys.exit("worker-1 did not stay healthy after re-admission")
+                time.sleep(0.2)
+    finally:
+        shell.close()
+    return latencies
+
+
+def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int], int]:
+    cpu0, rss_idle_start = agent_usage()
+    time.sleep(seconds)
+    cpu1, rss_idle = agent_usage()
+    on("worker-1", f"cat > /tmp/writer.py <<'EOF'\n{WRITER}\nEOF")
+    written = int(on("worker-1", f"python3 /tmp/writer.py {seconds} {FEED}").strip())
+    cpu2, rss_busy = agent_usage()
+    return ((cpu1 - cpu0) / seconds, max(rss_idle, rss_idle_start)), ((cpu2 - cpu1) / seconds, rss_busy), written
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    options = parser.parse_args()
+
+    appliance("lab", "bundle")
+    appliance("lab", "up", "--workers", "1")
+    try:
+        appliance("bootstrap", "--json")
+        client = Client(Path(appliance("lab", "kubeconfig").strip()))
+        latencies = measure_latency(client, options.rounds)
+        (idle_cpu, idle_rss), (busy_cpu, busy_rss), written = measure_agent(options.seconds)
+    finally:
+        if not options.keep:
+            appliance("lab", "down")
+    rate = written / options.seconds
+    rows = [
+        (f"detection-to-taint, p50 of {len(latencies)} rounds", f"{statistics.median(latencies) * 1000:.0f} ms",
+         "target < 2 s"),
+        (f"detection-to-taint, p99 of {len(latencies)} rounds", f"{percentile(latencies, 0.99) * 1000:.0f} ms",
+         "target < 2 s"),
+        ("detection-to-taint, max", f"{max(latencies) * 1000:.0f} ms", ""),
+        (f"agent CPU, idle ({options.seconds:.0f} s)", f"{idle_cpu * 100:.2f} % of a core", ""),
+        ("agent RSS, idle", f"{idle_rss / 1024:.1f} MiB", ""),
+        (f"agent CPU, {rate:,.0f} lines/s", f"{busy_cpu * 100:.2f} % of a core", ""),
+        (f"agent RSS, {rate:,.0f} lines/s", f"{busy_rss / 1024:.1f} MiB", ""),
+    ]
+    width = max(len(label) for label, _, _ in rows)
+    print("lab: cp-1 + worker-1 (GPU worker); real agent, controller and API server; no GPU")
+    for label, figure, target in rows:
+        print(f"{label:<{width}}  {figure:>18}  {target}".rstrip())
+
+
+if __name__ == "__main__":
+    main()
