@@ -48,7 +48,8 @@ lines = [
     "[%d.%06d] EXT4-fs (nvme0n1p%d): mounted filesystem with ordered data mode. Opts: (null)",
     "[%d.%06d] cni0: port %d(veth%04x) entered forwarding state",
 ]
-xid = "[%d.%06d] NVRM: Xid (PCI:0000:4e:00): 63, pid=%d, Row Remapper: New row marked for remapping, reset gpu to activate."
+xid = ("[%d.%06d] NVRM: Xid (PCI:0000:4e:00): 63, pid=%d, Row Remapper: New row marked for remapping, "
+       "reset gpu to activate.")
 seconds = float(sys.argv[1])
 n = 0
 with open(sys.argv[2], "a") as out:
@@ -58,7 +59,8 @@ with open(sys.argv[2], "a") as out:
         for _ in range(1000):
             n += 1
             template = xid if n % 1000 == 0 else lines[n % 4]
-            batch.append(template % ((n, n % 999999, n % 8, n % 9999) + (n,) * 3)[: template.count("%")] + "\n")
+            values = (n, n % 999999, n % 8, n % 9999, n, n, n)[: template.count("%")]
+            batch.append(template % values + "\n")
         out.write("".join(batch))
         out.flush()
         time.sleep(max(0.0, start + n / 10000 - time.monotonic()))
@@ -67,7 +69,9 @@ print(n)
 
 
 def appliance(*args: str) -> str:
-    result = subprocess.run([str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
     return result.stdout
@@ -151,7 +155,8 @@ def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int],
     on("worker-1", f"cat > /tmp/writer.py <<'EOF'\n{WRITER}\nEOF")
     written = int(on("worker-1", f"python3 /tmp/writer.py {seconds} {FEED}").strip())
     cpu2, rss_busy = agent_usage()
-    return ((cpu1 - cpu0) / seconds, max(rss_idle, rss_idle_start)), ((cpu2 - cpu1) / seconds, rss_busy), written
+    idle = ((cpu1 - cpu0) / seconds, max(rss_idle, rss_idle_start))
+    return idle, ((cpu2 - cpu1) / seconds, rss_busy), written
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -177,11 +182,10 @@ def main() -> None:
         if not options.keep:
             appliance("lab", "down")
     rate = written / options.seconds
+    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
     rows = [
-        (f"detection-to-taint, p50 of {len(latencies)} rounds", f"{statistics.median(latencies) * 1000:.0f} ms",
-         "target < 2 s"),
-        (f"detection-to-taint, p99 of {len(latencies)} rounds", f"{percentile(latencies, 0.99) * 1000:.0f} ms",
-         "target < 2 s"),
+        (f"detection-to-taint, p50 of {len(latencies)} rounds", f"{p50 * 1000:.0f} ms", "target < 2 s"),
+        (f"detection-to-taint, p99 of {len(latencies)} rounds", f"{p99 * 1000:.0f} ms", "target < 2 s"),
         ("detection-to-taint, max", f"{max(latencies) * 1000:.0f} ms", ""),
         (f"agent CPU, idle ({options.seconds:.0f} s)", f"{idle_cpu * 100:.2f} % of a core", ""),
         ("agent RSS, idle", f"{idle_rss / 1024:.1f} MiB", ""),

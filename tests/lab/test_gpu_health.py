@@ -17,8 +17,8 @@ import subprocess
 import time
 
 import pytest
-from appliance.health.catalog import Catalog
 
+from appliance.health.catalog import Catalog
 from appliance.health.xid import parse_line
 from tests.conftest import lab_kubectl, run_cli, run_playbook
 
