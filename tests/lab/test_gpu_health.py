@@ -37,8 +37,13 @@ XID13 = (
 )
 # Stands in for nvidia-smi on a lab node, which has no GPU: one healthy GPU, in the query's format.
 FAKE_NVIDIA_SMI = """#!/bin/sh
-# TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): this machine has no GPUs.
-echo "0, 00000000:4E:00.0, 0"
+# TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): this machine has no GPUs. It answers the
+# two queries the appliance makes: appliance top's, and the agent's and QA check's.
+case "$*" in
+  *utilization.gpu*)
+    echo "0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, NVIDIA A100-SXM4-80GB, 535.104.05, 37, 20480, 81920" ;;
+  *) echo "0, 00000000:4E:00.0, 0" ;;
+esac
 """
 
 
@@ -85,6 +90,14 @@ def events(name: str, reason: str) -> list[dict]:
         )
     )
     return [e for e in listing["items"] if e["reason"] == reason]
+
+
+def install_fake_nvidia_smi(node: str) -> None:
+    on(
+        node,
+        f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{FAKE_NVIDIA_SMI}EOF\n"
+        "chmod 0755 /usr/local/bin/nvidia-smi",
+    )
 
 
 def changed(summary: dict) -> dict[str, int]:
@@ -180,11 +193,7 @@ def test_readmit_refuses_a_node_whose_qa_fails_and_readmits_it_when_it_passes_ke
     assert fault_taint("worker-1") == "reboot:NoSchedule"
 
     for name in ("worker-1", "worker-3"):
-        on(
-            name,
-            f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{FAKE_NVIDIA_SMI}EOF\n"
-            "chmod 0755 /usr/local/bin/nvidia-smi",
-        )
+        install_fake_nvidia_smi(name)
     result, summary = health("readmit", "worker-1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert summary["report"] == ["worker-1: re-admitted (was Xid79); it stays cordoned, as an admin set it"]
@@ -198,6 +207,23 @@ def test_readmit_refuses_a_node_whose_qa_fails_and_readmits_it_when_it_passes_ke
     again, summary = health("readmit", "worker-1")
     assert again.returncode == 0 and summary["report"] == ["worker-1: no GPU fault to clear"]
     assert changed(summary) == {"cp-1": 0, "worker-1": 0}, summary
+
+
+def test_top_shows_each_gpu_node_through_ssh_and_names_a_node_it_cannot_read():
+    on("worker-3", "rm -f /usr/local/bin/nvidia-smi")
+    result = lab_cli("top", "--json", timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr  # worker-3 could not be read
+    view = json.loads(result.stdout)
+    nodes = {node["node"]: node for node in view["nodes"]}
+    assert sorted(nodes) == ["worker-1", "worker-3"]
+    assert nodes["worker-3"]["status"] == "no_nvidia_smi"
+    gpus = [
+        (g["node"], g["utilization_percent"], g["memory_used_mib"], g["memory_total_mib"])
+        for g in view["gpus"]
+    ]
+    assert gpus == [("worker-1", 37, 20480, 81920)]
+    install_fake_nvidia_smi("worker-3")
+    assert lab_cli("top", timeout=120).returncode == 0
 
 
 def test_a_single_xid_13_changes_nothing_and_repeated_past_its_threshold_it_isolates():
