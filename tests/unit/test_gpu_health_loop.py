@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +149,32 @@ def test_unknown_settings_in_a_config_file_are_named(tmp_path):
     config.write_text("source: kmsg\nexpected_gpu: 8\n")
     with pytest.raises(ValueError, match="unknown settings expected_gpu"):
         AgentConfig.from_file(config)
+
+
+def test_settings_files_as_the_role_writes_them_are_read_with_their_paths(tmp_path):
+    agent = tmp_path / "agent.yml"
+    agent.write_text(
+        'node_name: "worker-1"\nkubeconfig: /etc/kubernetes/kubelet.conf\nsource: "file:/var/log/feed"\n'
+        'expected_gpus: 8\ncheck_interval: 60\nevent_interval: 30\nmetrics_address: ":9465"\n'
+        "catalog_override: /etc/appliance/gpu-health/xid-overrides.yml\n"
+    )
+    config = AgentConfig.from_file(agent)
+    assert config.kubeconfig == Path("/etc/kubernetes/kubelet.conf") and config.expected_gpus == 8
+    assert config.catalog_override == Path("/etc/appliance/gpu-health/xid-overrides.yml")
+    controller = tmp_path / "controller.yml"
+    controller.write_text(
+        "kubeconfig: /etc/c.conf\neffect: NoExecute\nmax_isolated_share: 0.5\ndry_run: true\n"
+    )
+    read = ControllerConfig.from_file(controller)
+    assert (read.kubeconfig, read.effect, read.max_isolated_share, read.dry_run) == (
+        Path("/etc/c.conf"),
+        "NoExecute",
+        0.5,
+        True,
+    )
+    controller.write_text("effect: [NoExecute\n")
+    with pytest.raises(ValueError, match=f"{controller}: while parsing"):
+        ControllerConfig.from_file(controller)
 
 
 # ------------------------------------------------------------------------------------------ nvidia-smi

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from appliance.health import node as nodeapi
 from appliance.health.catalog import Assessor, Catalog
@@ -39,6 +39,7 @@ from appliance.health.kube import Client, KubeError
 from appliance.health.xid import parse_line
 
 log = logging.getLogger("appliance.health.agent")
+Settings = TypeVar("Settings")
 
 
 @dataclass
@@ -55,19 +56,28 @@ class AgentConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:
-        import yaml
+        return read_settings(cls, path)
 
+
+def read_settings(cls: type[Settings], path: Path) -> Settings:
+    """A settings dataclass from a YAML file (the role writes it); an unknown key is named, not ignored, and
+    the fields annotated Path become paths."""
+    import yaml
+
+    try:
         data = yaml.safe_load(path.read_text()) or {}
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        for key in ("kubeconfig", "catalog_override"):
-            if data.get(key):
-                data[key] = Path(data[key])
-        return cls(**data)
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: {error}") from error
+    fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
+        )
+    for key, value in data.items():
+        if value and "Path" in str(fields[key].type):
+            data[key] = Path(value)
+    return cls(**data)
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -320,6 +330,17 @@ class Agent:
             fault = self.fault
         return fault is not None and nodeapi.SEVERITY.get(action, 0) <= nodeapi.SEVERITY[fault.action]
 
+    def _due(self, key: str) -> tuple[bool, int]:
+        """Whether KEY's Event (or log line) is due, at most one per event_interval; and how many were
+        held back since the last one."""
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last_event.get(key, -1e9) < self.config.event_interval:
+                self.suppressed[key] = self.suppressed.get(key, 0) + 1
+                return False, 0
+            self.last_event[key] = now
+            return True, self.suppressed.pop(key, 0)
+
     def report(self, reason: str, action: str, message: str, fatal: bool) -> None:
         """Record an Event (rate-limited per reason) and, for a fatal fault graver than the current one,
         set GPUHealthy=False."""
@@ -335,13 +356,7 @@ class Agent:
             if escalate:
                 self.fault = nodeapi.NodeFault(reason, action, message, nodeapi.now_iso())
                 self.metrics.healthy = 0
-            now = time.monotonic()
-            emit = now - self.last_event.get(reason, -1e9) >= self.config.event_interval
-            if emit:
-                self.last_event[reason] = now
-                suppressed = self.suppressed.pop(reason, 0)
-            else:
-                self.suppressed[reason] = self.suppressed.get(reason, 0) + 1
+        emit, suppressed = self._due(reason)
         try:
             if escalate:
                 nodeapi.set_condition(self.client, name, False, reason, message)
@@ -366,7 +381,8 @@ class Agent:
         verdict = self.assessor.assess(fault, time.monotonic())
         self.metrics.count_fault(fault.kind, str(fault.code or ""), verdict.action, verdict.fatal)
         if verdict.action == "ignore" and not verdict.fatal:
-            log.info("%s (ignored by the catalog): %s", verdict.reason, fault.line)
+            if self._due(f"log:{verdict.reason}")[0]:  # a flood of one code is one journal line a while
+                log.info("%s (ignored by the catalog): %s", verdict.reason, fault.line)
             return
         self.report(verdict.reason, verdict.action, f"{verdict.action}: {fault.line.strip()}", verdict.fatal)
 

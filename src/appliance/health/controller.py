@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.health import node as nodeapi
-from appliance.health.agent import serve_metrics
+from appliance.health.agent import read_settings, serve_metrics
 from appliance.health.kube import Client, KubeError
 
 log = logging.getLogger("appliance.health.controller")
@@ -56,18 +56,7 @@ class ControllerConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> ControllerConfig:
-        import yaml
-
-        data = yaml.safe_load(path.read_text()) or {}
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        if data.get("kubeconfig"):
-            data["kubeconfig"] = Path(data["kubeconfig"])
-        return cls(**data)
+        return read_settings(cls, path)
 
 
 @dataclass(frozen=True)
