@@ -8,14 +8,16 @@ answers here are recorded text: there are no GPUs on this machine.
 from __future__ import annotations
 
 import base64
+import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from appliance.health import node as nodeapi
-from appliance.health.agent import AgentConfig, Metrics, check_gpus, follow_file
+from appliance.health.agent import AgentConfig, Metrics, check_gpus, follow_file, follow_kmsg
 from appliance.health.controller import ControllerConfig, plan
 from appliance.health.kube import KubeError, read_kubeconfig
 from appliance.health.operations import status_table
@@ -265,6 +267,29 @@ def test_a_file_that_appears_after_the_start_is_read_from_its_beginning(tmp_path
     stop.set()
     reader.join(2)
     assert seen == ["the first line of a new file"]
+
+
+@pytest.mark.skipif(not os.access("/dev/kmsg", os.W_OK), reason="needs root and /dev/kmsg")
+def test_the_kmsg_source_reads_the_kernel_log_from_now_on():
+    """Writes one line (not an Xid) to this machine's kernel log and reads it back through /dev/kmsg."""
+    marker = f"appliance test of the kmsg source {uuid.uuid4()}"
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def read() -> None:
+        for line in follow_kmsg(stop):
+            seen.append(line)
+            if marker in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.3)
+    with open("/dev/kmsg", "w") as kmsg:
+        kmsg.write(marker + "\n")
+    reader.join(5)
+    stop.set()
+    assert seen and seen[-1] == marker  # the record's "prio,seq,usec,flags;" prefix is stripped
 
 
 def test_metrics_are_prometheus_text():
