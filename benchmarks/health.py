@@ -15,7 +15,7 @@ the real controller on cp-1.
 2. agent resources: the agent's CPU time (utime + stime of its process) and RSS, over 30 s idle, then over
    30 s while a writer on worker-1 appends 10,000 lines per second (kernel lines of a busy GPU node:
    network, storage, cgroup and audit messages, one in a thousand an informational Xid 63) in batches of
-   1,000 every 0.1 s.
+   1,000 every 0.1 s; the agent's own line counter (its metrics) shows it read them all.
 """
 
 from __future__ import annotations
@@ -148,15 +148,26 @@ def measure_latency(client: Client, rounds: int) -> list[float]:
     return latencies
 
 
-def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int], int]:
+def lines_read() -> int:
+    """The agent's own count of the kernel lines it read (its metrics)."""
+    script = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9465/metrics').read().decode())"
+    metrics = on("worker-1", f'python3 -c "{script}"')
+    line = next(line for line in metrics.splitlines() if line.startswith("appliance_gpu_health_lines_total"))
+    return int(float(line.split()[-1]))
+
+
+def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int], int, int]:
     cpu0, rss_idle_start = agent_usage()
     time.sleep(seconds)
     cpu1, rss_idle = agent_usage()
     on("worker-1", f"cat > /tmp/writer.py <<'EOF'\n{WRITER}\nEOF")
+    before = lines_read()
     written = int(on("worker-1", f"python3 /tmp/writer.py {seconds} {FEED}").strip())
     cpu2, rss_busy = agent_usage()
+    time.sleep(1)  # the last batch is read
+    read = lines_read() - before
     idle = ((cpu1 - cpu0) / seconds, max(rss_idle, rss_idle_start))
-    return idle, ((cpu2 - cpu1) / seconds, rss_busy), written
+    return idle, ((cpu2 - cpu1) / seconds, rss_busy), written, read
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -177,7 +188,7 @@ def main() -> None:
         appliance("bootstrap", "--json")
         client = Client(Path(appliance("lab", "kubeconfig").strip()))
         latencies = measure_latency(client, options.rounds)
-        (idle_cpu, idle_rss), (busy_cpu, busy_rss), written = measure_agent(options.seconds)
+        (idle_cpu, idle_rss), (busy_cpu, busy_rss), written, read = measure_agent(options.seconds)
     finally:
         if not options.keep:
             appliance("lab", "down")
@@ -191,6 +202,7 @@ def main() -> None:
         ("agent RSS, idle", f"{idle_rss / 1024:.1f} MiB", ""),
         (f"agent CPU, {rate:,.0f} lines/s", f"{busy_cpu * 100:.2f} % of a core", ""),
         (f"agent RSS, {rate:,.0f} lines/s", f"{busy_rss / 1024:.1f} MiB", ""),
+        ("lines written / read by the agent", f"{written:,} / {read:,}", ""),
     ]
     width = max(len(label) for label, _, _ in rows)
     print("lab: cp-1 + worker-1 (GPU worker); real agent, controller and API server; no GPU")
