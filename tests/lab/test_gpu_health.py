@@ -185,6 +185,17 @@ def test_status_shows_the_isolated_node_with_its_fault():
     assert lines[-1].startswith("controller: effect NoSchedule; circuit breaker 1 of 1")
 
 
+def test_an_isolated_node_is_drained_and_restored_by_the_maintenance_commands_and_keeps_its_fault_taint():
+    result = lab_cli("node", "drain", "worker-1", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    taints = {(t["key"], t.get("value")) for t in node_object("worker-1")["spec"]["taints"]}
+    assert {("runai", "drain"), (TAINT_KEY, "reboot")} <= taints
+    result = lab_cli("node", "restore", "worker-1", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert fault_taint("worker-1") == "reboot:NoSchedule"  # only re-admission lifts it
+    assert gpu_condition("worker-1")["status"] == "False"
+
+
 def test_readmit_refuses_a_node_whose_qa_fails_and_readmits_it_when_it_passes_keeping_an_admin_cordon():
     kubectl("cordon", "worker-1")  # an admin's cordon, set before re-admission
     result, summary = health("readmit", "worker-1")
