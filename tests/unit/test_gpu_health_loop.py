@@ -20,7 +20,7 @@ from appliance.health import node as nodeapi
 from appliance.health.agent import AgentConfig, Metrics, check_gpus, follow_file, follow_kmsg
 from appliance.health.controller import ControllerConfig, plan
 from appliance.health.kube import KubeError, read_kubeconfig
-from appliance.health.operations import status_table
+from appliance.health.operations import qa, status_table
 
 NOW = 1_800_000_000.0
 
@@ -225,6 +225,44 @@ def test_a_failing_nvidia_smi_is_gpu_missing_with_its_message():
     visible, finding = check_gpus("nvidia-smi", 8, recorded(message, 9))
     assert visible == 0 and finding.reason == "GPUMissing"
     assert "couldn't communicate with the NVIDIA driver" in finding.message
+
+
+def tools(*installed: str):
+    return lambda name: f"/usr/bin/{name}" if name in installed else None
+
+
+def test_qa_passes_with_the_gpus_expected_and_runs_dcgm_where_installed():
+    answers = {"nvidia-smi": (0, DGX), "dcgmi": (0, "| Deployment | Pass |\n")}
+    verdict = qa(8, lambda command: answers[command[0].rsplit("/", 1)[1]], tools("nvidia-smi", "dcgmi"))
+    assert verdict == {
+        "passed": True,
+        "summary": "nvidia-smi lists 8 GPUs without uncorrected ECC errors; dcgmi diag -r 1 passed",
+    }
+
+
+@pytest.mark.parametrize(
+    ("installed", "smi", "dcgm", "problem"),
+    [
+        ((), (0, DGX), None, "nvidia-smi is not installed"),
+        (("nvidia-smi",), (0, ""), None, "nvidia-smi sees 0 of 1 GPUs (none)"),
+        (
+            ("nvidia-smi",),
+            (0, "0, 00000000:07:00.0, 2"),
+            None,
+            "GPU 0 (00000000:07:00.0) has 2 uncorrected ECC errors (volatile)",
+        ),
+        (
+            ("nvidia-smi", "dcgmi"),
+            (0, DGX),
+            (226, "| Memory | Fail - GPU 3 |\n"),
+            "dcgmi diag -r 1 exited 226: | Memory | Fail - GPU 3 |",
+        ),
+    ],
+)
+def test_qa_fails_naming_the_problem(installed, smi, dcgm, problem):
+    answers = {"nvidia-smi": smi, "dcgmi": dcgm}
+    verdict = qa(0, lambda command: answers[command[0].rsplit("/", 1)[1]], tools(*installed))
+    assert verdict == {"passed": False, "problem": problem}
 
 
 # ---------------------------------------------------------------------------------------- file source

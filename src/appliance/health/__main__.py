@@ -2,6 +2,7 @@
 
     appliance-gpu-health agent [--config FILE] [--source S] [--node-name N]
     appliance-gpu-health controller [--config FILE] [--dry-run]
+    appliance-gpu-health qa [--expected-gpus N]                       (on the node; JSON verdict)
     appliance-gpu-health readmit NODE --qa TEXT [--kubeconfig FILE]   (after the QA check passed)
     appliance-gpu-health status [--kubeconfig FILE] [--selector S]
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     controller = commands.add_parser("controller", help="isolate GPU nodes whose GPUHealthy is False")
     controller.add_argument("--config", type=Path)
     controller.add_argument("--dry-run", action="store_true", default=None)
+    qa = commands.add_parser("qa", help="re-admission's QA check of this node's GPUs (JSON)")
+    qa.add_argument("--expected-gpus", type=int, default=0)
     readmit = commands.add_parser("readmit", help="clear a node's GPU fault after its QA check passed")
     readmit.add_argument("node")
     readmit.add_argument("--qa", required=True, help="the QA check's result, kept in the condition")
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             return controller_module.main(args.config, {"dry_run": args.dry_run})
         from appliance.health import operations
 
+        if args.command == "qa":
+            print(json.dumps(operations.qa(args.expected_gpus)))
+            return 0
         client = Client(args.kubeconfig)
         if args.command == "readmit":
             result = operations.readmit(client, args.node, args.qa)

@@ -1,18 +1,52 @@
-"""Operator actions on the control plane: re-admit a GPU node after its QA check; the health status.
+"""Operator actions: the QA check on a GPU node; re-admission and the health status on the control plane.
 
 `appliance health readmit|status` reach these through playbooks/maintenance/gpu_{readmit,status}.yml, which
-run `appliance-gpu-health readmit|status` on the first control-plane node.
+run `appliance-gpu-health qa` on the node and `appliance-gpu-health readmit|status` on the first
+control-plane node.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from appliance.health import node as nodeapi
+from appliance.health.agent import check_gpus, run_command
 from appliance.health.controller import STATUS_CONFIGMAP
 from appliance.health.kube import Client, KubeError
+
+
+def qa(
+    expected_gpus: int,
+    run: Callable[[list[str]], tuple[int, str]] = run_command,
+    which: Callable[[str], str | None] = shutil.which,
+) -> dict[str, Any]:
+    """Re-admission's QA check, on the node: nvidia-smi lists the expected GPUs (one at least) without
+    uncorrected ECC errors, judged as the agent judges them; `dcgmi diag -r 1` passes where DCGM is
+    installed. {"passed": bool, "summary" or "problem": text}."""
+    smi = which("nvidia-smi")
+    if smi is None:
+        return {"passed": False, "problem": "nvidia-smi is not installed"}
+    visible, finding = check_gpus(smi, max(expected_gpus, 1), run)
+    if finding is not None:
+        return {"passed": False, "problem": finding.message.partition(": ")[2]}
+    dcgmi = which("dcgmi")
+    if dcgmi is not None:
+        code, output = run([dcgmi, "diag", "-r", "1"])
+        failures = [line.strip() for line in output.splitlines() if "Fail" in line]
+        if code != 0 or failures:
+            return {
+                "passed": False,
+                "problem": f"dcgmi diag -r 1 exited {code}: {'; '.join(failures) or output}",
+            }
+    dcgm = "dcgmi diag -r 1 passed" if dcgmi else "no DCGM installed"
+    return {
+        "passed": True,
+        "summary": f"nvidia-smi lists {visible} GPUs without uncorrected ECC errors; {dcgm}",
+    }
 
 
 def readmit(client: Client, name: str, qa: str) -> dict[str, Any]:
