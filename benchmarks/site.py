@@ -11,7 +11,8 @@ default) through the installed CLI, as a user would:
 3. fresh nodes again, then the floor: the seed's manual procedure (docs chapter 2: docker with the
    systemd cgroup driver, kubelet/kubeadm/kubectl 1.23.5 held, swap off, kubeadm init, flannel, kubeadm
    join, node roles, helm and `helm install --wait` of the GPU operator with the values site.yml gave
-   it) done with the offline bundle instead of the internet, as plain shell scripts run
+   it, and GPU health: the agent on the GPU workers, the controller with its ServiceAccount on the
+   control plane) done with the offline bundle instead of the internet, as plain shell scripts run
    over SSH on every node in parallel. It writes the very files site.yml wrote in step 1 (read back from
    the nodes) and runs the same programs (sha256sum, apt-get, skopeo, kubeadm, kubectl, helm), without
    Ansible and without site.yml's checks (preflight, verification of each step, idempotence).
@@ -58,6 +59,28 @@ FILES_CONTROL_PLANE = [
     "/etc/nginx/sites-available/appliance-bundle.conf",
     "/etc/kubernetes/appliance/kubeadm-config.yaml",
     "/etc/kubernetes/appliance/kube-flannel.yml",
+]
+# GPU health (role gpu_health): what it writes on the GPU workers and on the control plane.
+GPU_HEALTH_LIB = "/usr/local/lib/appliance-gpu-health"
+GPU_HEALTH_COMMON = ["/usr/local/sbin/appliance-gpu-health"]
+GPU_HEALTH_AGENT = [
+    "/etc/appliance/gpu-health/agent.yml",
+    "/etc/systemd/system/appliance-gpu-health-agent.service",
+]
+GPU_HEALTH_CONTROLLER = [
+    "/etc/appliance/gpu-health/controller-rbac.yml",
+    "/etc/appliance/gpu-health/controller.yml",
+    "/etc/systemd/system/appliance-gpu-health-controller.service",
+]
+# The package the agent and the controller run: this machine's own, as role gpu_health copies it.
+PACKAGE_ROOT = Path(importlib.util.find_spec("appliance.health").origin).parents[2]
+PACKAGE_MEMBERS = [
+    "appliance/__init__.py",
+    *(
+        f"appliance/health/{path.name}"
+        for path in sorted((PACKAGE_ROOT / "appliance" / "health").iterdir())
+        if path.suffix in {".py", ".yml"}
+    ),
 ]
 # What site.yml gave the GPU operator's release, read back with helm and installed the seed's way.
 GPU_OPERATOR_VALUES = "/etc/kubernetes/appliance/gpu-operator-values.yaml"
@@ -136,11 +159,13 @@ class Nodes:
             raise RuntimeError(f"{node}: {result.stderr.decode()[-3000:]}{result.stdout.decode()[-2000:]}")
         return result.stdout.decode()
 
-    def copy(self, node: str, source: Path, sums: Path, target: str) -> None:
-        """SOURCE and the file SUMS into TARGET on NODE, streamed through tar as an operator would."""
+    def copy(self, node: str, source: Path, target: str, *members: str, sums: Path | None = None) -> None:
+        """MEMBERS of SOURCE (all of it by default) and the file SUMS into TARGET on NODE, streamed
+        through tar as an operator would."""
         remote = f"sudo sh -euc {shlex.quote(f'mkdir -p {target} && tar -C {target} -xf -')}"
+        extra = ["-C", str(sums.parent), sums.name] if sums else []
         tar = subprocess.Popen(
-            ["tar", "-cf", "-", "-C", str(source), ".", "-C", str(sums.parent), sums.name],
+            ["tar", "-cf", "-", "-C", str(source), *(members or ["."]), *extra],
             stdout=subprocess.PIPE,
         )
         result = subprocess.run(
@@ -178,7 +203,11 @@ def read_back(nodes: Nodes) -> dict[str, dict[str, str]]:
     files = {}
     for node in nodes.address:
         paths = FILES_EVERY_NODE + (FILES_CONTROL_PLANE if node == nodes.control_plane else [])
-        files[node] = {path: nodes.run(node, f"cat {path}") for path in paths}
+        if node in nodes.groups["gpu_workers"]:
+            paths = paths + GPU_HEALTH_COMMON + GPU_HEALTH_AGENT
+        if node == nodes.control_plane:
+            paths = paths + GPU_HEALTH_COMMON + GPU_HEALTH_CONTROLLER
+        files[node] = {path: nodes.run(node, f"cat {path}") for path in dict.fromkeys(paths)}
     files[nodes.control_plane][GPU_OPERATOR_VALUES] = nodes.run(
         nodes.control_plane, f"helm {ADMIN} get values gpu-operator --namespace gpu-operator --output yaml"
     )
@@ -243,7 +272,7 @@ def floor(
     started = time.monotonic()
     # The operator checks the bundle, then copies it to the first control-plane node and checks it there.
     subprocess.run(["sha256sum", "--check", "--quiet", "--strict", str(sums)], cwd=bundle, check=True)
-    nodes.copy(cp, bundle, sums, BUNDLE_ON_NODE)
+    nodes.copy(cp, bundle, BUNDLE_ON_NODE, sums=sums)
     # cp: apt repository from the copy, registry filled, nginx serving both; the workers prepare their OS.
     nodes.parallel(
         {
@@ -253,7 +282,8 @@ rm -f /etc/nginx/sites-enabled/default
 ln -sf /etc/nginx/sites-available/appliance-bundle.conf /etc/nginx/sites-enabled/appliance-bundle.conf
 export DEBIAN_FRONTEND=noninteractive
 {apt_update}
-{apt_install} docker-registry skopeo nginx {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES} >/dev/null
+{apt_install} docker-registry skopeo nginx python3-yaml \\
+  {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES} >/dev/null
 apt-mark hold kubelet kubeadm kubectl >/dev/null
 systemctl restart docker-registry nginx
 until curl -fs http://{PUSH_ADDRESS}/v2/ >/dev/null; do sleep 0.2; done
@@ -267,12 +297,16 @@ until curl -fs http://{PUSH_ADDRESS}/v2/ >/dev/null; do sleep 0.2; done
     )
     ignored = ",".join(lab_vars["kube_node_ignore_preflight_errors"])
     chart = next(name for name in manifest["files"] if name.startswith("charts/gpu-operator-"))
+
+    def gpu_extra(worker: str) -> str:
+        return " python3-yaml" if worker in nodes.groups["gpu_workers"] else ""
+
     worker_install = {
         worker: f"""echo 'KUBELET_EXTRA_ARGS="{kubelet_flags} --node-ip={nodes.address[worker]}"' \\
   > /etc/default/kubelet
 export DEBIAN_FRONTEND=noninteractive
 {apt_update}
-{apt_install} {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES} >/dev/null
+{apt_install} {BASE_PACKAGES} {RUNTIME_PACKAGES} {KUBE_PACKAGES}{gpu_extra(worker)} >/dev/null
 apt-mark hold kubelet kubeadm kubectl >/dev/null
 """
         for worker in nodes.workers
@@ -293,15 +327,44 @@ kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/applian
         for group, label in ROLE_LABELS.items()
         for node in nodes.groups[group]
     )
-    nodes.run(
-        cp,
-        f"""export KUBECONFIG=/etc/kubernetes/admin.conf
+    # GPU health: this machine's appliance.health on the GPU workers and the control plane, the agents
+    # started on the GPU workers while the control plane installs the GPU operator and the controller.
+    gpu_workers = nodes.groups["gpu_workers"]
+    for node in [cp, *gpu_workers]:
+        nodes.copy(node, PACKAGE_ROOT, GPU_HEALTH_LIB, *PACKAGE_MEMBERS)
+    start = "chmod 0755 {command}\nsystemctl daemon-reload\nsystemctl enable --now --quiet {unit}\n"
+    etc = "/etc/appliance/gpu-health"
+    nodes.parallel(
+        {
+            cp: f"""export KUBECONFIG=/etc/kubernetes/admin.conf
 kubectl wait --for=condition=Ready node --all --timeout=600s >/dev/null
 {labels}kubectl -n kube-flannel rollout status daemonset/kube-flannel-ds --timeout=600s >/dev/null
 install -m 0755 {BUNDLE_ON_NODE}/bin/helm /usr/local/bin/helm
 helm install gpu-operator {BUNDLE_ON_NODE}/{chart} --wait \\
   --namespace gpu-operator --create-namespace --values {GPU_OPERATOR_VALUES} >/dev/null
-""",
+kubectl apply -f {etc}/controller-rbac.yml >/dev/null
+secret=appliance-gpu-health-controller-token
+until token=$(kubectl -n kube-system get secret $secret -o jsonpath={{.data.token}}) && [ -n "$token" ]
+do sleep 0.5; done
+server=$(kubectl config view --minify -o jsonpath={{.clusters[0].cluster.server}})
+user=appliance-gpu-health-controller
+ca=/etc/kubernetes/pki/ca.crt
+umask 077
+cat > {etc}/controller.kubeconfig <<KUBECONFIG_EOF
+apiVersion: v1
+kind: Config
+clusters: [{{name: appliance, cluster: {{server: "$server", certificate-authority: $ca}}}}]
+users: [{{name: $user, user: {{token: "$(echo "$token" | base64 -d)"}}}}]
+contexts: [{{name: appliance, context: {{cluster: appliance, user: $user}}}}]
+current-context: appliance
+KUBECONFIG_EOF
+umask 022
+{start.format(command=GPU_HEALTH_COMMON[0], unit="appliance-gpu-health-controller")}""",
+            **{
+                worker: start.format(command=GPU_HEALTH_COMMON[0], unit="appliance-gpu-health-agent")
+                for worker in gpu_workers
+            },
+        }
     )
     elapsed = time.monotonic() - started
     cpu = busy_cpu_seconds() - cpu
@@ -309,6 +372,8 @@ helm install gpu-operator {BUNDLE_ON_NODE}/{chart} --wait \\
     ready = nodes.run(cp, "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --no-headers")
     if ready.count(" Ready ") != len(nodes.address):
         sys.exit(f"the floor did not end with every node Ready:\n{ready}")
+    for node, unit in [(cp, "controller"), *((worker, "agent") for worker in gpu_workers)]:
+        nodes.run(node, f"sleep 2\nsystemctl is-active --quiet appliance-gpu-health-{unit}\n")
     return elapsed, cpu
 
 
