@@ -183,16 +183,23 @@ class Nodes:
         errors: list[BaseException] = []
 
         def one(node: str, script: str) -> None:
+            started = time.monotonic()
             try:
                 outputs[node] = self.run(node, script)
             except RuntimeError as error:
                 errors.append(error)
+            self.took[node] = time.monotonic() - started
 
+        self.took: dict[str, float] = {}
         threads = [threading.Thread(target=one, args=item) for item in scripts.items()]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        print(
+            "    " + ", ".join(f"{node} {seconds:.1f} s" for node, seconds in self.took.items()),
+            file=sys.stderr,
+        )
         if errors:
             raise errors[0]
         return outputs
@@ -270,9 +277,14 @@ def floor(
     )
     cpu = busy_cpu_seconds()
     started = time.monotonic()
+
+    def phase(label: str) -> None:
+        print(f"  floor {time.monotonic() - started:6.1f} s: {label}", file=sys.stderr)
+
     # The operator checks the bundle, then copies it to the first control-plane node and checks it there.
     subprocess.run(["sha256sum", "--check", "--quiet", "--strict", str(sums)], cwd=bundle, check=True)
     nodes.copy(cp, bundle, BUNDLE_ON_NODE, sums=sums)
+    phase("bundle checked and copied; cp serves it, the workers prepare their OS")
     # cp: apt repository from the copy, registry filled, nginx serving both; the workers prepare their OS.
     nodes.parallel(
         {
@@ -317,7 +329,9 @@ home=$(getent passwd {nodes.user} | cut -d: -f6)
 mkdir -p $home/.kube && install -m 0600 -o {nodes.user} /etc/kubernetes/admin.conf $home/.kube/config
 kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/appliance/kube-flannel.yml >/dev/null
 """
+    phase("cp initialises the cluster, the workers install their packages")
     nodes.parallel({cp: cp_init, **worker_install})
+    phase("the workers join")
     join = nodes.run(cp, "kubeadm token create --print-join-command --ttl 15m").strip()
     nodes.parallel(
         {worker: f"{join} --ignore-preflight-errors={ignored} >/dev/null\n" for worker in nodes.workers}
@@ -327,6 +341,7 @@ kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/applian
         for group, label in ROLE_LABELS.items()
         for node in nodes.groups[group]
     )
+    phase("nodes Ready, roles, flannel, the GPU operator; GPU health")
     # GPU health: this machine's appliance.health on the GPU workers and the control plane, the agents
     # started on the GPU workers while the control plane installs the GPU operator and the controller.
     gpu_workers = nodes.groups["gpu_workers"]
@@ -368,6 +383,7 @@ umask 022
     )
     elapsed = time.monotonic() - started
     cpu = busy_cpu_seconds() - cpu
+    phase("done")
     subprocess.run(["rm", "-rf", str(sums.parent)], check=False)
     ready = nodes.run(cp, "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes --no-headers")
     if ready.count(" Ready ") != len(nodes.address):
