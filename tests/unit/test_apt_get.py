@@ -5,14 +5,8 @@ real on fresh nodes (tests/lab/test_site.py, molecule/prereqs, molecule/docker, 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
-ANSIBLE = Path(sys.executable).parent / "ansible"
+from tests.unit.ansible_module import PROJECT, run_module
 
 spec = importlib.util.spec_from_file_location("apt_get", PROJECT / "plugins" / "modules" / "apt_get.py")
 apt_get = importlib.util.module_from_spec(spec)
@@ -20,16 +14,7 @@ spec.loader.exec_module(apt_get)
 
 
 def run(args: dict, *extra: str) -> dict:
-    env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
-    result = subprocess.run(
-        [str(ANSIBLE), "localhost", "-c", "local", "-m", "apt_get", "-a", json.dumps(args), *extra],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return run_module("apt_get", args, *extra)
 
 
 def test_a_transaction_that_installs_or_removes_anything_is_a_change():

@@ -3,27 +3,11 @@ Roles prereqs and docker run it on real lab nodes (molecule/prereqs, molecule/do
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-PROJECT = Path(__file__).resolve().parents[2]
-ANSIBLE = Path(sys.executable).parent / "ansible"
+from tests.unit.ansible_module import run_module
 
 
 def node_read(args: dict, *extra: str) -> dict:
-    env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
-    result = subprocess.run(
-        [str(ANSIBLE), "localhost", "-c", "local", "-m", "node_read", "-a", json.dumps(args), *extra],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return run_module("node_read", args, *extra)
 
 
 def test_files_paths_and_commands_are_read_and_nothing_changes(tmp_path):
