@@ -62,7 +62,7 @@ FILES_CONTROL_PLANE = [
 ]
 # GPU health (role gpu_health): what it writes on the GPU workers and on the control plane.
 GPU_HEALTH_LIB = "/usr/local/lib/appliance-gpu-health"
-GPU_HEALTH_COMMON = ["/usr/local/sbin/appliance-gpu-health"]
+GPU_HEALTH_COMMAND = "/usr/local/sbin/appliance-gpu-health"
 GPU_HEALTH_AGENT = [
     "/etc/appliance/gpu-health/agent.yml",
     "/etc/systemd/system/appliance-gpu-health-agent.service",
@@ -182,22 +182,23 @@ class Nodes:
         outputs: dict[str, str] = {}
         errors: list[BaseException] = []
 
+        took: dict[str, float] = {}
+
         def one(node: str, script: str) -> None:
             started = time.monotonic()
             try:
                 outputs[node] = self.run(node, script)
             except RuntimeError as error:
                 errors.append(error)
-            self.took[node] = time.monotonic() - started
+            took[node] = time.monotonic() - started
 
-        self.took: dict[str, float] = {}
         threads = [threading.Thread(target=one, args=item) for item in scripts.items()]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         print(
-            "    " + ", ".join(f"{node} {seconds:.1f} s" for node, seconds in self.took.items()),
+            "    " + ", ".join(f"{node} {seconds:.1f} s" for node, seconds in took.items()),
             file=sys.stderr,
         )
         if errors:
@@ -211,9 +212,9 @@ def read_back(nodes: Nodes) -> dict[str, dict[str, str]]:
     for node in nodes.address:
         paths = FILES_EVERY_NODE + (FILES_CONTROL_PLANE if node == nodes.control_plane else [])
         if node in nodes.groups["gpu_workers"]:
-            paths = paths + GPU_HEALTH_COMMON + GPU_HEALTH_AGENT
+            paths = [*paths, GPU_HEALTH_COMMAND, *GPU_HEALTH_AGENT]
         if node == nodes.control_plane:
-            paths = paths + GPU_HEALTH_COMMON + GPU_HEALTH_CONTROLLER
+            paths = [*paths, GPU_HEALTH_COMMAND, *GPU_HEALTH_CONTROLLER]
         files[node] = {path: nodes.run(node, f"cat {path}") for path in dict.fromkeys(paths)}
     files[nodes.control_plane][GPU_OPERATOR_VALUES] = nodes.run(
         nodes.control_plane, f"helm {ADMIN} get values gpu-operator --namespace gpu-operator --output yaml"
@@ -347,7 +348,13 @@ kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/kubernetes/applian
     gpu_workers = nodes.groups["gpu_workers"]
     for node in [cp, *gpu_workers]:
         nodes.copy(node, PACKAGE_ROOT, GPU_HEALTH_LIB, *PACKAGE_MEMBERS)
-    start = "chmod 0755 {command}\nsystemctl daemon-reload\nsystemctl enable --now --quiet {unit}\n"
+
+    def start(service: str) -> str:
+        return (
+            f"chmod 0755 {GPU_HEALTH_COMMAND}\nsystemctl daemon-reload\n"
+            f"systemctl enable --now --quiet appliance-gpu-health-{service}\n"
+        )
+
     etc = "/etc/appliance/gpu-health"
     nodes.parallel(
         {
@@ -374,11 +381,8 @@ contexts: [{{name: appliance, context: {{cluster: appliance, user: $user}}}}]
 current-context: appliance
 KUBECONFIG_EOF
 umask 022
-{start.format(command=GPU_HEALTH_COMMON[0], unit="appliance-gpu-health-controller")}""",
-            **{
-                worker: start.format(command=GPU_HEALTH_COMMON[0], unit="appliance-gpu-health-agent")
-                for worker in gpu_workers
-            },
+{start("controller")}""",
+            **{worker: start("agent") for worker in gpu_workers},
         }
     )
     elapsed = time.monotonic() - started
