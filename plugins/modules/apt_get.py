@@ -12,7 +12,7 @@ description:
     on the node are kept), waiting up to a minute for another apt or dpkg to finish. Like
     M(ansible.builtin.apt) with C(state=present), it never upgrades a package that is installed.
   - Why not M(ansible.builtin.apt) - on a fresh node it first installs python3-apt, and each call opens
-    apt's cache in Python: on the lab, three such tasks on three nodes took 42 s where three apt-get
+    apt's cache in Python; on the lab, three such tasks on three nodes took 42 s where three apt-get
     transactions took 29 s (benchmarks/site.py, issue 5). The roles call it only for the packages that
     dpkg does not show installed, so a re-run never runs it.
   - Reports C(changed) when apt-get installed, upgraded, downgraded or removed a package (an index update
