@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from appliance import health_package
+
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LAB = "benchsite"
@@ -73,14 +75,11 @@ GPU_HEALTH_CONTROLLER = [
     "/etc/systemd/system/appliance-gpu-health-controller.service",
 ]
 # The package the agent and the controller run: this machine's own, as role gpu_health copies it.
-PACKAGE_ROOT = Path(importlib.util.find_spec("appliance.health").origin).parents[2]
+PACKAGE_ROOT = health_package.PACKAGE_DIR.parents[1]
+# The files role gpu_health ships (appliance.health_package), with the top package's __init__.py.
 PACKAGE_MEMBERS = [
     "appliance/__init__.py",
-    *(
-        f"appliance/health/{path.name}"
-        for path in sorted((PACKAGE_ROOT / "appliance" / "health").iterdir())
-        if path.suffix in {".py", ".yml"}
-    ),
+    *(f"appliance/health/{path.name}" for path in health_package.package_files()),
 ]
 # What site.yml gave the GPU operator's release, read back with helm and installed the seed's way.
 GPU_OPERATOR_VALUES = "/etc/kubernetes/appliance/gpu-operator-values.yaml"

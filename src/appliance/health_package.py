@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from appliance import paths
+from appliance.bundle.manifest import sha256_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "health"
 
@@ -28,7 +29,7 @@ def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
 
 def package_digest(files: list[Path]) -> str:
     """sha256 over "NAME:SHA256" of each file, in path order, joined by spaces."""
-    entries = [f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}" for path in files]
+    entries = [f"{path.name}:{sha256_of(path)}" for path in files]
     return hashlib.sha256(" ".join(entries).encode()).hexdigest()
 
 
@@ -39,8 +40,8 @@ def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def package_archive(files: list[Path], digest: str, cache: Path) -> Path:
-    """The archive of FILES under appliance/health/ (and appliance/__init__.py), made once per DIGEST."""
+def package_archive(package_dir: Path, files: list[Path], digest: str, cache: Path) -> Path:
+    """FILES under appliance/health/, with the top package's __init__.py, made once per DIGEST."""
     archive = cache / f"{digest}.tar"
     if archive.is_file():
         return archive
@@ -49,7 +50,7 @@ def package_archive(files: list[Path], digest: str, cache: Path) -> Path:
     descriptor, partial = tempfile.mkstemp(dir=cache, suffix=".partial")
     try:
         with os.fdopen(descriptor, "wb") as handle, tarfile.open(fileobj=handle, mode="w") as tar:
-            top = files[0].parent.parent / "__init__.py"
+            top = package_dir.parent / "__init__.py"
             tar.add(top, arcname="appliance/__init__.py", filter=_owned_by_root)
             for path in files:
                 tar.add(path, arcname=f"appliance/health/{path.name}", filter=_owned_by_root)
@@ -64,7 +65,7 @@ def package_archive(files: list[Path], digest: str, cache: Path) -> Path:
 def describe(package_dir: Path = PACKAGE_DIR, cache: Path | None = None) -> dict[str, str]:
     files = package_files(package_dir)
     digest = package_digest(files)
-    archive = package_archive(files, digest, cache or paths.cache_dir() / "gpu-health")
+    archive = package_archive(package_dir, files, digest, cache or paths.cache_dir() / "gpu-health")
     return {"digest": digest, "archive": str(archive)}
 
 
