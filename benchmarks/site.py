@@ -75,12 +75,10 @@ GPU_HEALTH_CONTROLLER = [
     "/etc/systemd/system/appliance-gpu-health-controller.service",
 ]
 # The package the agent and the controller run: this machine's own, as role gpu_health copies it.
-PACKAGE_ROOT = health_package.PACKAGE_DIR.parents[1]
 # The files role gpu_health ships (appliance.health_package), with the top package's __init__.py.
-PACKAGE_MEMBERS = [
-    "appliance/__init__.py",
-    *(f"appliance/health/{path.name}" for path in health_package.package_files()),
-]
+PACKAGE = health_package.describe()
+PACKAGE_ROOT = Path(PACKAGE["root"])
+PACKAGE_MEMBERS = PACKAGE["members"]
 # What site.yml gave the GPU operator's release, read back with helm and installed the seed's way.
 GPU_OPERATOR_VALUES = "/etc/kubernetes/appliance/gpu-operator-values.yaml"
 ADMIN = "--kubeconfig /etc/kubernetes/admin.conf"

@@ -40,7 +40,19 @@ class ActionModule(ActionBase):
         if not files:
             return {**result, "changed": False, "method": "none", "files": 0}
 
-        pack = ["tar", "--create", "--file", "-", "--owner=0", "--group=0", "--directory", src, "--", *files]
+        pack = [
+            "tar",
+            "--create",
+            "--file",
+            "-",
+            "--owner=0",
+            "--group=0",
+            "--mode=go-w",
+            "--directory",
+            src,
+            "--",
+            *files,
+        ]
         unpack = (
             f"mkdir -p {shlex.quote(dest)} && "
             f"tar --extract --file - --no-same-owner --directory {shlex.quote(dest)}"

@@ -8,7 +8,7 @@ action: tar_stream
 short_description: Copy files from the controller into a node's directory as one tar stream
 description:
   - Packs O(files) of O(src) on the controller with tar and unpacks them into O(dest) on the node, as root
-    (the task's become), owned by root. The directory is created when missing.
+    (the task's become), owned by root and writable by root only. The directory is created when missing.
   - Over Ansible's ssh connection with key login and a become that needs no password, tar's output goes
     straight into C(ssh node sudo tar -x), through the connection's own ssh command line (its user, port,
     key, options and ControlMaster socket), the way an operator copies a directory; nothing is written
