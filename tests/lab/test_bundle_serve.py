@@ -6,7 +6,9 @@ Runs a lab of its own (APPLIANCE_LAB_NAME=labserve on 172.28.3.0/24, one worker)
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import BIN, PROJECT, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -182,3 +184,43 @@ def test_a_file_damaged_on_the_node_is_restored_and_verified(served):
     check = on("cp-1", "cd /var/lib/appliance/bundle && sha256sum manifests/kube-flannel.yml")
     wanted = json.loads((served[0] / "manifest.json").read_text())["files"]["manifests/kube-flannel.yml"]
     assert check.stdout.split()[0] == wanted["sha256"]
+
+
+def test_tar_stream_pipes_the_files_through_the_ssh_connection_owned_by_root(served, tmp_path):
+    """The action plugin bundle_serve copies with (plugins/action/tar_stream.py), over the lab's real ssh
+    and sudo: its stream, not the put_file way, and the files as they are on the controller."""
+    src = tmp_path / "src"
+    (src / "debs").mkdir(parents=True)
+    (src / "debs" / "a.deb").write_bytes(os.urandom(300_000))
+    (src / "manifest.json").write_text("{}\n")
+    os.chmod(src / "manifest.json", 0o664)
+    dest = "/var/lib/appliance-tar-stream-test"
+    args = {"src": str(src), "files": ["debs/a.deb", "manifest.json"], "dest": dest}
+    result = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "-i",
+            "inventories/labserve/hosts.yml",
+            "cp-1",
+            "--become",
+            "-m",
+            "tar_stream",
+            "-a",
+            json.dumps(args),
+        ],
+        cwd=PROJECT,
+        env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    outcome = json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["cp-1"]
+    assert outcome.get("failed") is not True, outcome
+    assert outcome["method"] == "stream" and outcome["files"] == 2 and outcome["changed"] is True
+    listing = on(
+        "cp-1", f"cd {dest} && stat -c '%n %U %G %a' debs/a.deb manifest.json && sha256sum debs/a.deb"
+    )
+    on("cp-1", f"rm -rf {dest}")
+    lines = listing.stdout.splitlines()
+    assert lines[:2] == ["debs/a.deb root root 644", "manifest.json root root 644"], listing.stdout
+    assert lines[2].split()[0] == hashlib.sha256((src / "debs" / "a.deb").read_bytes()).hexdigest()
