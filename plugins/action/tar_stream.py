@@ -90,12 +90,13 @@ class ActionModule(ActionBase):
             tar_status = tar.wait()
             tar_errors.seek(0)
             packed = tar_errors.read()
-        if tar_status != 0:
-            raise AnsibleActionFail(f"tar on the controller failed: {to_text(packed)[-2000:]}")
+        # ssh first: when it fails, tar on the controller fails too, of the broken pipe.
         if ssh.returncode != 0:
             raise AnsibleActionFail(
                 f"unpacking on the node failed (rc {ssh.returncode}): {to_text(ssh.stderr)[-2000:]}"
             )
+        if tar_status != 0:
+            raise AnsibleActionFail(f"tar on the controller failed: {to_text(packed)[-2000:]}")
 
     def _put_file(self, pack: list[str], unpack: str) -> None:
         with tempfile.NamedTemporaryFile(suffix=".tar") as archive:

@@ -3,27 +3,10 @@ the lab tests of bundle_serve copy the bundle through its ssh stream)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
-ANSIBLE = Path(sys.executable).parent / "ansible"
-
-
-def tar_stream(args: dict) -> dict:
-    env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
-    result = subprocess.run(
-        [str(ANSIBLE), "localhost", "-c", "local", "-m", "tar_stream", "-a", json.dumps(args)],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+from tests.unit.ansible_module import run_module
 
 
 def source(tmp_path: Path) -> Path:
@@ -38,7 +21,9 @@ def source(tmp_path: Path) -> Path:
 def test_the_files_asked_for_arrive_in_a_new_directory(tmp_path):
     src = source(tmp_path)
     dest = tmp_path / "dest" / "bundle"
-    result = tar_stream({"src": str(src), "files": ["manifest.json", "debs/a.deb"], "dest": str(dest)})
+    result = run_module(
+        "tar_stream", {"src": str(src), "files": ["manifest.json", "debs/a.deb"], "dest": str(dest)}
+    )
     assert result.get("failed") is not True, result
     assert result["changed"] is True and result["method"] == "put_file" and result["files"] == 2
     assert (dest / "manifest.json").read_text() == "{}\n"
@@ -52,13 +37,15 @@ def test_a_file_is_replaced(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "manifest.json").write_text("damaged")
-    result = tar_stream({"src": str(src), "files": ["manifest.json"], "dest": str(dest)})
+    result = run_module("tar_stream", {"src": str(src), "files": ["manifest.json"], "dest": str(dest)})
     assert result["changed"] is True, result
     assert (dest / "manifest.json").read_text() == "{}\n"
 
 
 def test_nothing_to_copy_is_no_change(tmp_path):
-    result = tar_stream({"src": str(source(tmp_path)), "files": [], "dest": str(tmp_path / "dest")})
+    result = run_module(
+        "tar_stream", {"src": str(source(tmp_path)), "files": [], "dest": str(tmp_path / "dest")}
+    )
     assert result["changed"] is False and result["files"] == 0, result
     assert not (tmp_path / "dest").exists()
 
@@ -66,15 +53,17 @@ def test_nothing_to_copy_is_no_change(tmp_path):
 def test_paths_outside_the_source_are_refused_before_any_copy(tmp_path):
     src = source(tmp_path)
     dest = tmp_path / "dest"
-    result = tar_stream({"src": str(src), "files": ["manifest.json", "../etc/passwd"], "dest": str(dest)})
+    result = run_module(
+        "tar_stream", {"src": str(src), "files": ["manifest.json", "../etc/passwd"], "dest": str(dest)}
+    )
     assert result["failed"] is True
     assert "files must be paths inside src: ../etc/passwd" in result["msg"]
     assert not dest.exists()
 
 
 def test_a_missing_file_fails_with_tars_message(tmp_path):
-    result = tar_stream(
-        {"src": str(source(tmp_path)), "files": ["not-there"], "dest": str(tmp_path / "dest")}
+    result = run_module(
+        "tar_stream", {"src": str(source(tmp_path)), "files": ["not-there"], "dest": str(tmp_path / "dest")}
     )
     assert result["failed"] is True
     assert "tar on the controller failed" in result["msg"] and "not-there" in result["msg"], result
