@@ -53,3 +53,23 @@ files:
   type: int
   returned: success
 """
+
+
+def main() -> None:
+    # Reached only when ansible finds this file but not plugins/action/tar_stream.py (its action_plugins
+    # setting leaves out plugins/action): fail with that, rather than with output ansible cannot read.
+    import json
+
+    print(
+        json.dumps(
+            {
+                "failed": True,
+                "msg": "tar_stream is an action plugin (plugins/action/tar_stream.py), which ansible did not "
+                "find: add plugins/action to action_plugins (ANSIBLE_ACTION_PLUGINS)",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
