@@ -70,7 +70,7 @@ class ActionModule(ActionBase):
         """The connection's own ssh command line running UNPACK as the become user, or None where it
         cannot take a stream on stdin (not ssh, a login password, a become password)."""
         connection = self._connection
-        if connection.transport != "ssh" or getattr(self._connection._shell, "_IS_WINDOWS", False):
+        if connection.transport != "ssh" or getattr(connection._shell, "_IS_WINDOWS", False):
             return None
         if connection.get_option("password") or self._play_context.password:
             return None
