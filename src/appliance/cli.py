@@ -45,6 +45,11 @@ health_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(health_app, name="health")
+certs_app = typer.Typer(
+    help="The appliance's certificates: their expiry on every node, and the renewal of kubeadm's.",
+    no_args_is_help=True,
+)
+app.add_typer(certs_app, name="certs")
 
 console = Console()
 errors = Console(stderr=True)
@@ -518,6 +523,41 @@ def health_readmit(
 def health_status(inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
     """Every GPU node: GPUHealthy, the last fault, the fault taint, the cordon; the circuit breaker."""
     raise typer.Exit(execute(_node_request("gpu_status", None, inventory), as_json=as_json))
+
+
+@certs_app.command("status")
+def certs_status(
+    warn_days: Annotated[
+        int,
+        typer.Option("--warn-days", min=0, help="Exit 1 naming the certificates that expire within N days."),
+    ] = 30,
+    inventory: InventoryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every certificate the appliance runs on (kubeadm's, the kubeconfigs', the kubelets', the CAs, Run:ai's)
+    with subject, issuer, not-after and days left, and each control-plane node's last renewal."""
+    request = runner.RunRequest(
+        playbook="certs_status.yml", inventory=inventory, extra_vars=(f"certs_warn_days={warn_days}",)
+    )
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@certs_app.command("renew")
+def certs_renew(
+    force: Annotated[
+        bool, typer.Option("--force", help="Renew every kubeadm certificate, not only those that are due.")
+    ] = False,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Renew the kubeadm certificates that expire within certs_renew_before_days (90), one control-plane node
+    at a time: kubeadm certs renew, each component restarted and waited on, admin kubeconfigs refreshed.
+    CAs are never renewed. Nothing due: nothing changes."""
+    extra = (f"certs_renew_force={json.dumps(force)}", *(extra_vars or ()))
+    request = runner.RunRequest(playbook="certs.yml", inventory=inventory, extra_vars=extra, check=check)
+    raise typer.Exit(execute(request, as_json=as_json))
 
 
 def main() -> None:

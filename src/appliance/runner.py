@@ -90,6 +90,8 @@ class RunState:
     log: str = ""
     # Lines a playbook reports for the operator: the `appliance_report` of its debug tasks.
     report: list[str] = field(default_factory=list)
+    # What a playbook gives `--json` beside its lines: the `appliance_data` mappings of its debug tasks.
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float:
@@ -120,6 +122,7 @@ class RunState:
             },
             "failures": [asdict(f) for f in self.failures],
             "report": self.report,
+            "data": self.data,
             "log": self.log,
         }
 
@@ -202,6 +205,9 @@ class EventTally:
                 state.report.extend(str(line) for line in report)
             elif report:
                 state.report.append(str(report))
+            data_part = data.get("res", {}).get("appliance_data")
+            if isinstance(data_part, dict):
+                state.data.update(data_part)
         elif kind == "runner_on_skipped" and host:
             state.host(host).skipped += 1
         elif kind == "runner_on_failed" and host:

@@ -94,7 +94,10 @@ def test_image_tag_derives_from_the_recipe(monkeypatch):
 def test_run_ai_variables_point_at_cp_1_and_keep_one_generated_password(tmp_path):
     planned = nodes.plan(LAB, 2)
     files = lab.LabFiles(
-        key=tmp_path / "id_ed25519", known_hosts=tmp_path / "known_hosts", inventory=tmp_path / "h"
+        key=tmp_path / "id_ed25519",
+        known_hosts=tmp_path / "known_hosts",
+        inventory=tmp_path / "h",
+        admin_conf=tmp_path / "admin.conf",
     )
     tarball = tmp_path / "runai-airgapped-2.9.0.tar.gz"
     tarball.write_bytes(b"")

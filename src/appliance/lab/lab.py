@@ -28,6 +28,8 @@ class LabFiles:
     key: Path
     known_hosts: Path
     inventory: Path
+    # The controller's copy of cp-1's admin kubeconfig: `lab kubeconfig` writes it, a renewal refreshes it.
+    admin_conf: Path
 
     @classmethod
     def of(cls, lab: nodes.LabId) -> LabFiles:
@@ -35,6 +37,7 @@ class LabFiles:
         return cls(
             key=state / "id_ed25519",
             known_hosts=state / "known_hosts",
+            admin_conf=state / "admin.conf",
             inventory=paths.project_root() / "inventories" / lab.name / "hosts.yml",
         )
 
@@ -140,7 +143,7 @@ def kubeconfig() -> Path:
     result = docker.docker("exec", control_plane["Name"].lstrip("/"), "cat", ADMIN_CONF, check=False)
     if result.returncode != 0:
         raise UsageError(f"cp-1 has no {ADMIN_CONF}: its cluster is not set up; run `appliance bootstrap`")
-    path = paths.state_dir() / lab.name / "admin.conf"
+    path = LabFiles.of(lab).admin_conf
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -203,6 +206,7 @@ def write_inventory(
                 "ansible_ssh_private_key_file": str(files.key),
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
                 "appliance_bundle_dir": str(paths.lab_bundle_dir()),
+                "certs_admin_kubeconfig_fetch": str(files.admin_conf),
                 **lab_variables(),
                 **(extra_vars or {}),
             },
