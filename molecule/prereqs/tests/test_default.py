@@ -84,3 +84,13 @@ def test_time_sync_is_enabled_and_running_unless_systemd_skips_it(host):
         assert state["ActiveState"] == "active" or state["ConditionResult"] == "no"
     else:
         assert state["ActiveState"] == "active"
+
+
+def test_time_sync_uses_the_sites_ntp_servers_alone(host):
+    dropin = host.file("/etc/systemd/timesyncd.conf.d/appliance.conf")
+    assert dropin.mode == 0o644
+    settings = [line for line in dropin.content_string.splitlines() if line and not line.startswith("#")]
+    assert settings == ["[Time]", "NTP=127.0.0.1 ntp.site.test", "FallbackNTP="]
+    # systemd reads it: the merged configuration ends with the drop-in's values.
+    merged = host.run("systemd-analyze cat-config systemd/timesyncd.conf").stdout
+    assert merged.rstrip().endswith("NTP=127.0.0.1 ntp.site.test\nFallbackNTP=")
