@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance.health.__main__ import main as gpu_health_main
 from appliance.health.kube import Client, KubeError
 
 NOW = dt.datetime.now(dt.UTC)
@@ -82,6 +83,7 @@ class ApiServer:
         self.accepted_serial: int | None = None
         self.accepted_token: str | None = None
         self.seen: list[object] = []
+        self.posted: list[tuple[str, dict]] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -97,6 +99,18 @@ class ApiServer:
                     {"kind": "Node"} if ok else {"message": "Unauthorized", "reason": "Unauthorized"}
                 )
                 self.send_response(200 if ok else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_POST(self) -> None:  # TokenRequest, for an admin's certificate
+                length = int(self.headers.get("Content-Length", 0))
+                outer.posted.append((self.path, json.loads(self.rfile.read(length))))
+                body = json.dumps(
+                    {"status": {"token": "fresh-token", "expirationTimestamp": "2027-01-01T00:00:00Z"}}
+                )
+                self.send_response(201)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -197,3 +211,30 @@ def test_a_half_written_certificate_keeps_the_one_in_use_and_logs_an_error(api, 
     api.accepted_serial = 203
     assert client.get("/api/v1/nodes/worker-1") == {"kind": "Node"}
     assert api.seen == [201, 201, 203], api.seen
+
+
+def test_the_token_command_writes_a_fresh_expiring_token_readable_by_root_alone(api, tmp_path):
+    admin = tmp_path / "admin.pem"
+    admin.write_bytes(api.client_pem(301))
+    _kubeconfig(tmp_path / "admin.conf", api, f"    client-certificate: {admin}\n    client-key: {admin}\n")
+    out = tmp_path / "controller.token"
+    out.write_text("old-token\n")
+    code = gpu_health_main(
+        [
+            "token",
+            "--account",
+            "appliance-gpu-health-controller",
+            "--seconds",
+            "3600",
+            "--out",
+            str(out),
+            "--kubeconfig",
+            str(tmp_path / "admin.conf"),
+        ]
+    )
+    assert code == 0
+    assert out.read_text() == "fresh-token\n" and out.stat().st_mode & 0o777 == 0o600
+    [(path, body)] = api.posted
+    assert path == "/api/v1/namespaces/kube-system/serviceaccounts/appliance-gpu-health-controller/token"
+    assert body["kind"] == "TokenRequest" and body["spec"] == {"expirationSeconds": 3600}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".controller.token")] == []

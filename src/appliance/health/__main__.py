@@ -5,6 +5,7 @@
     appliance-gpu-health qa [--expected-gpus N]                       (on the node; JSON verdict)
     appliance-gpu-health readmit NODE --qa TEXT [--kubeconfig FILE]   (after the QA check passed)
     appliance-gpu-health status [--kubeconfig FILE] [--selector S]
+    appliance-gpu-health token --account NAME --out FILE [--seconds N] [--kubeconfig FILE]
 
 Standard library argparse: the nodes have Debian's python3 and python3-yaml, not the CLI's libraries.
 Errors are one line on stderr and exit 1.
@@ -43,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--kubeconfig", type=Path, default=ADMIN_CONF)
     status.add_argument("--selector", default="node-role.kubernetes.io/runai-gpu-worker")
     status.add_argument("--table", action="store_true", help="a table for operators instead of JSON")
+    token = commands.add_parser(
+        "token", help="write a fresh, expiring token of a ServiceAccount (the controller's)"
+    )
+    token.add_argument("--account", required=True, help="the ServiceAccount, in --namespace")
+    token.add_argument("--namespace", default="kube-system")
+    token.add_argument("--seconds", type=int, default=86400, help="how long the token lives (600 at least)")
+    token.add_argument("--out", type=Path, required=True, help="the file to write it to (0600)")
+    token.add_argument("--kubeconfig", type=Path, default=ADMIN_CONF)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -60,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(operations.qa(args.expected_gpus)))
             return 0
         client = Client(args.kubeconfig)
+        if args.command == "token":
+            from appliance.health.kube import request_token, write_secret_file
+
+            value, expires = request_token(client, args.namespace, args.account, args.seconds)
+            write_secret_file(args.out, value + "\n")
+            logging.getLogger("appliance.health").info(
+                "token of %s/%s written to %s, expires %s", args.namespace, args.account, args.out, expires
+            )
+            return 0
         if args.command == "readmit":
             result = operations.readmit(client, args.node, args.qa)
         else:

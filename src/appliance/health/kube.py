@@ -274,3 +274,34 @@ def _decode(method: str, path: str, status: int, data: bytes) -> dict[str, Any]:
         message = document.get("message") or f"HTTP {status}"
         raise KubeError(f"{method} {path}: {message}", status, document.get("reason", ""))
     return document
+
+
+def request_token(client: Client, namespace: str, account: str, seconds: int) -> tuple[str, str]:
+    """A token of ServiceAccount NAMESPACE/ACCOUNT that expires in SECONDS (the TokenRequest API, as the
+    kubelet asks one for a pod's projected token): (token, expirationTimestamp)."""
+    answer = client.post(
+        f"/api/v1/namespaces/{urllib.parse.quote(namespace)}/serviceaccounts/{urllib.parse.quote(account)}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        },
+    )
+    status = answer.get("status") or {}
+    if not status.get("token"):
+        raise KubeError(f"TokenRequest for {namespace}/{account}: the answer holds no token")
+    return status["token"], status.get("expirationTimestamp", "")
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write TEXT to PATH readable by root alone, whole or not at all (a reader never sees half of it)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
