@@ -532,13 +532,13 @@ def certs_status(
         typer.Option("--warn-days", min=0, help="Exit 1 naming the certificates that expire within N days."),
     ] = 30,
     inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every certificate the appliance runs on (kubeadm's, the kubeconfigs', the kubelets', the CAs, Run:ai's)
     with subject, issuer, not-after and days left, and each control-plane node's last renewal."""
-    request = runner.RunRequest(
-        playbook="certs_status.yml", inventory=inventory, extra_vars=(f"certs_warn_days={warn_days}",)
-    )
+    extra = (f"certs_warn_days={warn_days}", *(extra_vars or ()))
+    request = runner.RunRequest(playbook="certs_status.yml", inventory=inventory, extra_vars=extra)
     raise typer.Exit(execute(request, as_json=as_json))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import tempfile
 import time
@@ -618,3 +619,153 @@ def test_an_issuer_that_is_not_https_is_refused_before_any_change(converged):
     assert "is not an https URL" in result.stdout, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}  # validate.yml runs on every node
     assert on("cp-1", f"cat {APISERVER_MANIFEST}") == before
+
+
+# ----------------------------------------------------------------------------- certificates (issue 21)
+KUBEADM_CERTIFICATES = (
+    "apiserver",
+    "apiserver-kubelet-client",
+    "apiserver-etcd-client",
+    "front-proxy-client",
+    "etcd-server",
+    "etcd-peer",
+    "etcd-healthcheck-client",
+    "admin.conf",
+    "controller-manager.conf",
+    "scheduler.conf",
+)
+CERTIFICATE_AUTHORITIES = ("ca", "front-proxy-ca", "etcd-ca")
+
+
+def certs(*args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = lab_cli("certs", *args, "--json", "-e", f"@{RUNAI_VARS}", timeout=1200)
+    try:
+        return result, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result, {}
+
+
+def certificates(summary: dict) -> dict[tuple[str, str], dict]:
+    return {(c["node"], c["name"]): c for c in summary["data"]["certificates"]}
+
+
+def served_serial() -> str:
+    """The serial of the certificate the API server serves on cp-1:6443, as this machine sees it."""
+    pem = ssl.get_server_certificate((RUNAI_IP, 6443))
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, text=True, check=True
+    )
+    return text.stdout.strip().removeprefix("serial=").upper()
+
+
+def workload_pods() -> dict[str, int]:
+    """Every pod that is not a control-plane static pod: UID -> its containers' restarts."""
+    static = ("etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-")
+    pods = kube_json("get", "pods", "--all-namespaces")["items"]
+    return {
+        pod["metadata"]["uid"]: sum(
+            s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", [])
+        )
+        for pod in pods
+        if not (pod["metadata"]["namespace"] == "kube-system" and pod["metadata"]["name"].startswith(static))
+    }
+
+
+def test_certs_status_lists_every_certificate_with_its_days_left_and_fails_within_the_warning(converged):
+    result, summary = certs("status")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    found = certificates(summary)
+    for name in KUBEADM_CERTIFICATES + CERTIFICATE_AUTHORITIES + ("kubelet-client",):
+        assert ("cp-1", name) in found, sorted(found)
+    for worker in ("worker-1", "worker-2"):
+        assert {name for node, name in found if node == worker} == {"ca", "kubelet-client"}
+        assert found[(worker, "kubelet-client")]["subject"] == f"O=system:nodes,CN=system:node:{worker}"
+    # The Run:ai control plane's, made by role runai_backend on the controller.
+    assert found[("controller", "runai-domain")]["kind"] == "appliance"
+    assert found[("controller", "runai-domain")]["subject"] == f"CN={RUNAI_DOMAIN}"
+    assert found[("controller", "runai-ca")]["kind"] == "appliance"
+    for row in found.values():
+        assert row["not_after"] and row["serial"] and row["issuer"] and row["subject"]
+        assert 300 < row["days_left"] < 3660, row
+        assert not row["expiring"]
+    assert found[("cp-1", "apiserver")]["issuer"] == "CN=kubernetes"
+    assert any(line.startswith("NODE") for line in summary["report"])
+
+    warned, summary = certs("status", "--warn-days", "400")
+    assert warned.returncode == 1
+    [failure] = summary["failures"]
+    assert "expire within 400 days" in failure["message"]
+    for name in (
+        "cp-1 apiserver ",
+        "cp-1 admin.conf ",
+        "worker-1 kubelet-client ",
+        "controller runai-domain ",
+    ):
+        assert name in failure["message"], failure["message"]
+    assert "cp-1 ca " not in failure["message"]  # ten years
+
+
+def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluster_running(converged):
+    _, before = certs("status")
+    old = certificates(before)
+    served_before = served_serial()
+    pods_before = workload_pods()
+
+    result, summary = certs("renew", "--force")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert changed(summary)["cp-1"] > 0
+    assert any("restarted, one at a time: etcd, kube-apiserver" in line for line in summary["report"])
+
+    _, after = certs("status")
+    new = certificates(after)
+    for name in KUBEADM_CERTIFICATES:
+        assert new[("cp-1", name)]["not_after"] > old[("cp-1", name)]["not_after"], name
+        assert new[("cp-1", name)]["serial"] != old[("cp-1", name)]["serial"], name
+    for name in CERTIFICATE_AUTHORITIES:  # CAs are never touched
+        assert new[("cp-1", name)]["serial"] == old[("cp-1", name)]["serial"], name
+        assert new[("cp-1", name)]["not_after"] == old[("cp-1", name)]["not_after"], name
+    assert served_serial() == new[("cp-1", "apiserver")]["serial"] != served_before
+    assert "cp-1: last renewal" in "\n".join(after["report"])
+
+    # The controller's copy (certs_admin_kubeconfig_fetch, the lab's admin.conf) and the Ansible user's
+    # on cp-1 are the renewed admin.conf, and kubectl works with the controller's copy as it is.
+    admin = on("cp-1", "cat /etc/kubernetes/admin.conf")
+    copy = Path.home() / ".local/state/appliance" / LAB_ENV["APPLIANCE_LAB_NAME"] / "admin.conf"
+    assert copy.read_text() == admin and copy.stat().st_mode & 0o777 == 0o600
+    assert on("cp-1", "cat ~ansible/.kube/config") == admin
+    nodes = subprocess.run(
+        [
+            str(Path.home() / ".local/state/appliance/bundle/bin/kubectl"),
+            "--kubeconfig",
+            str(copy),
+            "get",
+            "nodes",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for node in json.loads(nodes.stdout)["items"]:
+        ready = [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready == ["True"], node["metadata"]["name"]
+    assert workload_pods() == pods_before  # no workload pod restarted or was replaced
+
+    again, summary = certs("renew")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert set(changed(summary).values()) == {0}
+    assert any("nothing is due within 90 days" in line for line in summary["report"])
+
+
+def test_the_renewal_timer_runs_monthly_on_the_control_plane(converged):
+    timers = on("cp-1", "systemctl list-timers --all --no-pager appliance-certs-renew.timer")
+    assert "appliance-certs-renew.timer" in timers and "appliance-certs-renew.service" in timers
+    assert on("cp-1", "systemctl is-enabled appliance-certs-renew.timer").strip() == "enabled"
+    assert "OnCalendar=*-*-01 03:00:00" in on("cp-1", "systemctl cat appliance-certs-renew.timer")
+    # What the timer runs, by hand: nothing is due, and the result is recorded for `certs status`.
+    on("cp-1", "systemctl start appliance-certs-renew.service")
+    journal = on("cp-1", "journalctl -u appliance-certs-renew.service --no-pager -n 20")
+    assert "appliance-certs: nothing is due" in journal, journal
+    _, summary = certs("status")
+    assert "cp-1: last renewal check" in "\n".join(summary["report"])
