@@ -1,0 +1,119 @@
+"""Benchmark of the appliance's lifecycle operations (issue 21): prints how long `appliance certs renew
+--force` takes, how long the API server is unavailable during it, and how long `appliance certs status`
+takes.
+
+    python benchmarks/lifecycle.py [--rounds N] [--keep]
+
+Runs its own lab (APPLIANCE_LAB_NAME=benchlife on 172.28.10.0/24; cp-1 + 1 worker) built with
+`appliance bootstrap` from the lab's offline bundle (not timed). Each round, through the installed CLI:
+
+1. `appliance certs renew --force` from its start until it returns (every kubeadm certificate renewed,
+   etcd, the API server, the controller-manager and the scheduler restarted one at a time, each waited on);
+   meanwhile a thread asks the API server's /readyz from this machine every 100 ms (1 s timeout), and the
+   longest run of failed answers is the unavailable window;
+2. `appliance certs status` (every node's certificates read and judged).
+
+The medians over the rounds are the figures (this machine's CPU time is shared: runs vary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchlife", "APPLIANCE_LAB_SUBNET": "172.28.10.0/24"}
+API = "https://172.28.10.10:6443/readyz"
+
+
+def appliance(*args: str) -> str:
+    result = subprocess.run(
+        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def timed(*args: str) -> float:
+    started = time.monotonic()
+    appliance(*args)
+    return time.monotonic() - started
+
+
+class Prober(threading.Thread):
+    """Asks /readyz every 100 ms; records the longest stretch of failures (first failure to next success)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.longest = 0.0
+        self.failures = 0
+        self.context = ssl.create_default_context()
+        self.context.check_hostname = False
+        self.context.verify_mode = ssl.CERT_NONE  # the window, not the identity, is measured here
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(API, timeout=1, context=self.context) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def run(self) -> None:
+        down_since: float | None = None
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.answers():
+                if down_since is not None:
+                    self.longest = max(self.longest, now - down_since)
+                    down_since = None
+            else:
+                self.failures += 1
+                down_since = now if down_since is None else down_since
+            self.stop.wait(0.1)
+        if down_since is not None:
+            self.longest = max(self.longest, time.monotonic() - down_since)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    args = parser.parse_args()
+    appliance("lab", "up", "--workers", "1")
+    try:
+        appliance("bootstrap")
+        renew, window, status = [], [], []
+        for round_number in range(1, args.rounds + 1):
+            prober = Prober()
+            prober.start()
+            renew.append(timed("certs", "renew", "--force"))
+            prober.stop.set()
+            prober.join()
+            window.append(prober.longest)
+            status.append(timed("certs", "status"))
+            print(
+                f"round {round_number}: renew {renew[-1]:.1f} s, API unavailable {window[-1]:.1f} s, "
+                f"status {status[-1]:.1f} s",
+                flush=True,
+            )
+        print("lab of 1 control plane + 1 worker, on 2 CPUs; medians of", args.rounds, "rounds")
+        print(f"certs renew --force (every kubeadm certificate)     {statistics.median(renew):8.1f} s")
+        print(f"  API server unavailable during it (longest)       {statistics.median(window):8.1f} s")
+        print(f"certs status (every node's certificates)           {statistics.median(status):8.1f} s")
+    finally:
+        if not args.keep:
+            appliance("lab", "down")
+
+
+if __name__ == "__main__":
+    main()
