@@ -679,7 +679,7 @@ def test_certs_status_lists_every_certificate_with_its_days_left_and_fails_withi
         assert ("cp-1", name) in found, sorted(found)
     for worker in ("worker-1", "worker-2"):
         assert {name for node, name in found if node == worker} == {"ca", "kubelet-client"}
-        assert found[(worker, "kubelet-client")]["subject"] == f"O=system:nodes,CN=system:node:{worker}"
+        assert found[(worker, "kubelet-client")]["subject"] == f"CN=system:node:{worker},O=system:nodes"
     # The Run:ai control plane's, made by role runai_backend on the controller.
     assert found[("controller", "runai-domain")]["kind"] == "appliance"
     assert found[("controller", "runai-domain")]["subject"] == f"CN={RUNAI_DOMAIN}"
