@@ -16,10 +16,11 @@ name: certs_report
 short_description: Join every node's certificates, name those that expire soon, and lay out a table
 description:
   - Input - a mapping node -> the JSON document of C(appliance-certs status) on it
-    (C(certificates), C(last_renewal)).
+    (C(certificates), C(last_renewal), C(last_check)).
   - Returns C(certificates) (every certificate with its C(node) and C(expiring)), C(expiring) (one
     description per certificate within O(warn_days) days), C(renewals) (each node's last renewal) and
     C(lines) (a table and the renewals, for the operator).
+  - C(renewals) - node -> {C(last_renewal), C(last_check)}, as C(appliance-certs) recorded them.
 positional: _input, warn_days
 options:
   _input:
@@ -41,17 +42,27 @@ KIND_NOTE = {
 }
 
 
-def _renewal_line(node: str, renewal: dict[str, Any]) -> str:
-    when = str(renewal.get("time", "?"))[:19].replace("T", " ")
-    if renewal.get("error"):
-        return f"{node}: last renewal {when} UTC FAILED: {renewal['error']}"
-    if renewal.get("renewed"):
+def _when(result: dict[str, Any]) -> str:
+    return str(result.get("time", "?"))[:19].replace("T", " ") + " UTC"
+
+
+def _renewal_lines(node: str, document: dict[str, Any]) -> list[str]:
+    """The node's last renewal (or failure), and its last check when that came later and renewed nothing."""
+    lines = []
+    renewal, check = document.get("last_renewal"), document.get("last_check")
+    if renewal and renewal.get("error"):
+        lines.append(f"{node}: last renewal {_when(renewal)} FAILED: {renewal['error']}")
+    elif renewal:
         restarted = ", ".join(renewal.get("restarted") or []) or "nothing"
-        return (
-            f"{node}: last renewal {when} UTC renewed {len(renewal['renewed'])} certificate(s), "
-            f"restarted {restarted}"
+        count = len(renewal.get("renewed") or [])
+        lines.append(
+            f"{node}: last renewal {_when(renewal)} renewed {count} certificate(s), restarted {restarted}"
         )
-    return f"{node}: last renewal check {when} UTC: nothing was due within {renewal.get('before_days')} days"
+    if check and (not renewal or check.get("time") != renewal.get("time")):
+        lines.append(
+            f"{node}: last check {_when(check)}: nothing was due within {check.get('before_days')} days"
+        )
+    return lines
 
 
 def certs_report(nodes: dict[str, Any], warn_days: float) -> dict[str, Any]:
@@ -65,14 +76,16 @@ def certs_report(nodes: dict[str, Any], warn_days: float) -> dict[str, Any]:
         raise AnsibleFilterError(f"certs_report: warn_days {warn_days!r} is not a number") from None
     certificates: list[dict[str, Any]] = []
     renewals: dict[str, Any] = {}
+    renewal_lines: list[str] = []
     for node in sorted(nodes, key=lambda name: (name == "controller", name)):
         document = nodes[node]
         if not isinstance(document, dict) or not isinstance(document.get("certificates"), list):
             raise AnsibleFilterError(f"certs_report: {node}: not a document of appliance-certs status")
         for certificate in document["certificates"]:
             certificates.append({"node": node, **certificate, "expiring": certificate["days_left"] <= warn})
-        if document.get("last_renewal"):
-            renewals[node] = document["last_renewal"]
+        if document.get("last_renewal") or document.get("last_check"):
+            renewals[node] = {key: document.get(key) for key in ("last_renewal", "last_check")}
+            renewal_lines += _renewal_lines(node, document)
     expiring = [
         f"{c['node']} {c['name']} ({c['days_left']:.0f} days left, {c['not_after'][:10]})"
         for c in certificates
@@ -97,7 +110,7 @@ def certs_report(nodes: dict[str, Any], warn_days: float) -> dict[str, Any]:
         ).rstrip()
         for row in [header, *rows]
     ]
-    lines += [_renewal_line(node, renewal) for node, renewal in renewals.items()]
+    lines += renewal_lines
     summary = f"{len(certificates)} certificates; "
     summary += (
         f"{len(expiring)} expire within {warn:g} days (marked !)"

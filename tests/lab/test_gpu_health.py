@@ -11,6 +11,7 @@ order, each leaving the cluster as the next expects it.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import subprocess
@@ -132,7 +133,16 @@ def cluster():
     up = lab_cli("lab", "up", "--workers", "3")
     assert up.returncode == 0, up.stderr
     try:
-        result = lab_cli("bootstrap", "--json")
+        # The kubelets' client certificates live 10 minutes (signed 5 minutes back): each kubelet replaces
+        # its own every 2-4 minutes, under the running agents (test_the_agent_follows_...).
+        result = lab_cli(
+            "bootstrap",
+            "--json",
+            "-e",
+            json.dumps(
+                {"kube_control_plane_controller_manager_extra_args": {"cluster-signing-duration": "10m"}}
+            ),
+        )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr
         yield
     finally:
@@ -155,8 +165,21 @@ def test_every_gpu_worker_reports_gpu_healthy_and_the_controller_serves_its_brea
         "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())'",
     )
     assert 'appliance_gpu_healthy{node="worker-1"} 1' in agent_metrics
-    # The controller's kubeconfig holds a token: root's alone.
+    # The controller's kubeconfig names a token file, both root's alone; the token expires (TokenRequest,
+    # renewed hourly by a timer), and no token Secret of the toolkit's is left.
     assert on("cp-1", "stat -c %a /etc/appliance/gpu-health/controller.kubeconfig").strip() == "600"
+    assert on("cp-1", "stat -c %a /etc/appliance/gpu-health/controller.token").strip() == "600"
+    assert "tokenFile: /etc/appliance/gpu-health/controller.token" in on(
+        "cp-1", "cat /etc/appliance/gpu-health/controller.kubeconfig"
+    )
+    token = on("cp-1", "cat /etc/appliance/gpu-health/controller.token").strip()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert 0 < claims["exp"] - time.time() <= 86400 and claims["sub"].endswith(
+        ":appliance-gpu-health-controller"
+    )
+    assert on("cp-1", "systemctl is-enabled appliance-gpu-health-token.timer").strip() == "enabled"
+    secrets = kubectl("-n", "kube-system", "get", "secrets", "-o", "name")
+    assert "secret/appliance-gpu-health-controller-token\n" not in secrets
 
 
 def test_an_xid_79_line_puts_gpu_healthy_false_and_the_taint_on_the_node_and_survives_an_agent_restart():
@@ -319,3 +342,54 @@ def test_bad_input_is_refused_before_any_change():
     assert result.returncode == 1
     assert "gpu_health_max_isolated_share=2 (more than 0, at most 1)" in summary["failures"][0]["message"]
     assert on("cp-1", "md5sum /etc/appliance/gpu-health/controller.yml") == before
+
+
+def kubelet_certificates(node: str) -> list[tuple[str, float]]:
+    """The kubelet's client certificates on NODE, oldest first: (file, not-after as epoch seconds)."""
+    listing = on(
+        node,
+        "for f in $(ls -tr /var/lib/kubelet/pki/kubelet-client-2*.pem); do "
+        'echo $f $(date -d "$(openssl x509 -noout -enddate -in $f | cut -d= -f2)" +%s); done',
+    )
+    return [(name, float(epoch)) for name, epoch in (line.split() for line in listing.splitlines())]
+
+
+def test_the_agent_follows_the_kubelets_rotating_client_certificate():
+    """Issue 21: the kubelets' certificates live 10 minutes here (the fixture's cluster-signing-duration).
+    Once worker-3's kubelet has replaced its certificate twice since the agent started, and the one the
+    agent started with has expired, an Xid 79 line still sets GPUHealthy=False and the taint."""
+    started = float(
+        on(
+            "worker-3",
+            'date -d "$(systemctl show -p ActiveEnterTimestamp --value appliance-gpu-health-agent)" +%s',
+        )
+    )
+
+    def rotated_twice() -> bool:
+        certificates = kubelet_certificates("worker-3")
+        since_start = [
+            name for name, _ in certificates if float(on("worker-3", f"stat -c %Y {name}")) > started
+        ]
+        first_expired = certificates[0][1] < time.time()
+        return len(since_start) >= 2 and first_expired
+
+    wait_for(rotated_twice, 600, "two rotations of worker-3's kubelet certificate since its agent started")
+    assert on("worker-3", "systemctl is-active appliance-gpu-health-agent").strip() == "active"
+    assert (
+        float(
+            on(
+                "worker-3",
+                'date -d "$(systemctl show -p ActiveEnterTimestamp --value appliance-gpu-health-agent)" +%s',
+            )
+        )
+        == started
+    )  # the same agent process, never restarted
+    assert gpu_condition("worker-3")["status"] == "True"
+    fed = time.monotonic()
+    feed("worker-3", XID79)
+    wait_for(lambda: fault_taint("worker-3") == "reboot:NoSchedule", 30, "the fault taint on worker-3")
+    seconds = time.monotonic() - fed
+    condition = gpu_condition("worker-3")
+    assert (condition["status"], condition["reason"]) == ("False", "Xid79")
+    print(f"Xid 79 to taint after two kubelet certificate rotations: {seconds:.2f} s (polled every 0.5 s)")
+    readmitted("worker-3")

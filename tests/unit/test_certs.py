@@ -212,7 +212,7 @@ def test_the_command_prints_its_json_document_and_refuses_a_bad_file_argument(tm
     )
     assert ran.returncode == 0, ran.stderr
     document = json.loads(ran.stdout)
-    assert set(document) == {"certificates", "last_renewal"}
+    assert set(document) == {"certificates", "last_renewal", "last_check"}
     [row] = document["certificates"]
     assert (
         row["name"] == "runai-domain" and row["kind"] == "appliance" and row["subject"] == "CN=runai.lab.test"
@@ -242,7 +242,7 @@ def test_a_broken_configuration_is_one_line(tmp_path):
     assert ran.stderr.startswith("appliance-certs: error: configuration ") and "no_such_setting" in ran.stderr
 
 
-def _document(*rows: tuple[str, str, float], renewal: dict | None = None) -> dict:
+def _document(*rows: tuple[str, str, float], renewal: dict | None = None, check: dict | None = None) -> dict:
     return {
         "certificates": [
             {
@@ -259,6 +259,7 @@ def _document(*rows: tuple[str, str, float], renewal: dict | None = None) -> dic
             for name, kind, days in rows
         ],
         "last_renewal": renewal,
+        "last_check": check,
     }
 
 
@@ -268,12 +269,27 @@ def test_the_report_names_what_expires_within_the_warning_and_lists_every_node()
         "controller": _document(("runai-domain", "appliance", 12.4)),
         "cp-1": _document(
             ("apiserver", "kubeadm", 29.6),
-            renewal={"time": "2027-01-01T03:12:00+00:00", "renewed": [], "before_days": 90, "error": None},
+            renewal={
+                "time": "2026-12-01T03:40:00+00:00",
+                "renewed": ["apiserver", "admin.conf"],
+                "restarted": ["kube-apiserver"],
+                "error": None,
+            },
+            check={"time": "2027-01-01T03:12:00+00:00", "renewed": [], "before_days": 90, "error": None},
+        ),
+        "cp-2": _document(
+            ("apiserver", "kubeadm", 200.0),
+            renewal={
+                "time": "2027-01-01T03:20:00+00:00",
+                "renewed": ["apiserver"],
+                "error": "etcd did not come back",
+            },
         ),
     }
     verdict = report.certs_report(nodes, 30)
     assert [(c["node"], c["name"], c["expiring"]) for c in verdict["certificates"]] == [
         ("cp-1", "apiserver", True),
+        ("cp-2", "apiserver", False),
         ("worker-1", "ca", False),
         ("worker-1", "kubelet-client", False),
         ("controller", "runai-domain", True),
@@ -292,10 +308,13 @@ def test_the_report_names_what_expires_within_the_warning_and_lists_every_node()
         "DAYS",
         "SUBJECT",
     ]
-    assert (
-        "cp-1: last renewal check 2027-01-01 03:12:00 UTC: nothing was due within 90 days" in verdict["lines"]
-    )
-    assert verdict["lines"][-1] == "4 certificates; 2 expire within 30 days (marked !)"
+    assert verdict["lines"][-4:] == [
+        "cp-1: last renewal 2026-12-01 03:40:00 UTC renewed 2 certificate(s), restarted kube-apiserver",
+        "cp-1: last check 2027-01-01 03:12:00 UTC: nothing was due within 90 days",
+        "cp-2: last renewal 2027-01-01 03:20:00 UTC FAILED: etcd did not come back",
+        "5 certificates; 2 expire within 30 days (marked !)",
+    ]
+    assert set(verdict["renewals"]) == {"cp-1", "cp-2"}
     assert report.certs_report(nodes, 5)["expiring"] == []
 
 

@@ -38,7 +38,8 @@ from pathlib import Path
 
 KUBERNETES_DIR = Path("/etc/kubernetes")
 CONFIG_FILE = Path("/etc/appliance/certs/config.json")
-STATE_FILE = Path("/var/lib/appliance/certs/last-renewal.json")
+# The last run of `renew` (a check that found nothing due included), and the last one that renewed or failed.
+STATE_DIR = Path("/var/lib/appliance/certs")
 
 # kubeadm's certificates: its name for `kubeadm certs renew`, the file under /etc/kubernetes, and the
 # control-plane component that reads it (restarted after a renewal; None: nothing to restart).
@@ -329,7 +330,7 @@ def refresh_copies(config: Config, base: Path, log) -> list[str]:
     return refreshed
 
 
-def renew(config: Config, before_days: float, force: bool, dry_run: bool, base: Path, log) -> dict:
+def renew(config: Config, before_days: int, force: bool, dry_run: bool, base: Path, log) -> dict:
     """Renew what is due; return the result as recorded (renewed, restarted, refreshed, new expiry)."""
     started = now()
     before = read_certificates(config, base, started)
@@ -369,19 +370,26 @@ def renew(config: Config, before_days: float, force: bool, dry_run: bool, base: 
     return result
 
 
-def record(result: dict, state_file: Path = STATE_FILE) -> None:
-    state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    temporary = state_file.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, state_file)
+def record(result: dict, state_dir: Path = STATE_DIR) -> None:
+    """Keep RESULT as the last check, and as the last renewal when it renewed something or failed."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    names = ["last-check.json"] + (["last-renewal.json"] if result["renewed"] or result["error"] else [])
+    for name in names:
+        temporary = state_dir / f".{name}.tmp"
+        temporary.write_text(json.dumps(result, indent=2) + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, state_dir / name)
 
 
-def last_renewal(state_file: Path = STATE_FILE) -> dict | None:
-    try:
-        return json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return None
+def recorded(state_dir: Path = STATE_DIR) -> dict:
+    """The last check and the last renewal this node recorded (None where there is none)."""
+    found: dict = {}
+    for key in ("last_check", "last_renewal"):
+        try:
+            found[key] = json.loads((state_dir / f"{key.replace('_', '-')}.json").read_text())
+        except (OSError, ValueError):
+            found[key] = None
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--file-kind", default="file", help="the kind the --file certificates are listed as")
     status.add_argument("--only-files", action="store_true", help="the --file certificates alone")
     renewal = commands.add_parser("renew", help="renew the kubeadm certificates that are due")
-    renewal.add_argument("--before-days", type=float, help="renew what expires within this many days")
+    renewal.add_argument("--before-days", type=int, help="renew what expires within this many days")
     renewal.add_argument("--force", action="store_true", help="renew every kubeadm certificate")
     renewal.add_argument("--dry-run", action="store_true", help="say what is due; change nothing")
     args = parser.parse_args(argv)
@@ -412,11 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error(f"--file {entry!r}: give NAME=PATH")
                 config.files[name] = path
             certificates = read_certificates(config, only_files=args.only_files, file_kind=args.file_kind)
-            print(
-                json.dumps(
-                    {"certificates": [asdict(c) for c in certificates], "last_renewal": last_renewal()}
-                )
-            )
+            print(json.dumps({"certificates": [asdict(c) for c in certificates], **recorded()}))
             return 0
         before_days = config.before_days if args.before_days is None else args.before_days
         result = renew(config, before_days, args.force, args.dry_run, KUBERNETES_DIR, log)
