@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -651,11 +652,27 @@ def certificates(summary: dict) -> dict[tuple[str, str], dict]:
 
 def served_serial() -> str:
     """The serial of the certificate the API server serves on cp-1:6443, as this machine sees it."""
-    pem = ssl.get_server_certificate((RUNAI_IP, 6443))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((RUNAI_IP, 6443), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        pem = ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True))
     text = subprocess.run(
         ["openssl", "x509", "-noout", "-serial"], input=pem, capture_output=True, text=True, check=True
     )
     return text.stdout.strip().removeprefix("serial=").upper()
+
+
+def runai_served_serial() -> str:
+    """The serial of the certificate the Run:ai control plane's ingress serves for its domain, from cp-1."""
+    serial = on(
+        "cp-1",
+        f"openssl s_client -connect {RUNAI_IP}:443 -servername {RUNAI_DOMAIN} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial",
+    )
+    return serial.strip().removeprefix("serial=").upper()
 
 
 def workload_pods() -> dict[str, int]:
@@ -724,6 +741,12 @@ def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluste
     for name in CERTIFICATE_AUTHORITIES:  # CAs are never touched
         assert new[("cp-1", name)]["serial"] == old[("cp-1", name)]["serial"], name
         assert new[("cp-1", name)]["not_after"] == old[("cp-1", name)]["not_after"], name
+    # The Run:ai certificate the toolkit made: re-issued from its CA (unchanged), and served by the ingress.
+    assert new[("controller", "runai-domain")]["not_after"] > old[("controller", "runai-domain")]["not_after"]
+    assert new[("controller", "runai-ca")]["serial"] == old[("controller", "runai-ca")]["serial"]
+    assert any("the Run:ai certificate for" in line and "was re-issued" in line for line in summary["report"])
+    assert runai_served_serial() == new[("controller", "runai-domain")]["serial"]
+    assert runai_login(RUNAI_PASSWORD) == "200"
     assert served_serial() == new[("cp-1", "apiserver")]["serial"] != served_before
     assert "cp-1: last renewal " in "\n".join(after["report"])
     assert "renewed 10 certificate(s), restarted etcd, kube-apiserver" in "\n".join(after["report"])
