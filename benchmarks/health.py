@@ -29,11 +29,12 @@ import threading
 import time
 from pathlib import Path
 
+from lab_cli import BIN, appliance
+
 from appliance.health import node as nodeapi
 from appliance.health import operations
 from appliance.health.kube import Client
 
-BIN = Path(sys.executable).parent
 ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchhealth", "APPLIANCE_LAB_SUBNET": "172.28.13.0/24"}
 FEED = "/var/log/appliance-kernel-feed.log"
 XID79 = "NVRM: Xid (PCI:0000:4e:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
@@ -68,17 +69,8 @@ print(n)
 """
 
 
-def appliance(*args: str) -> str:
-    result = subprocess.run(
-        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    return result.stdout
-
-
 def on(node: str, script: str) -> str:
-    return appliance("lab", "exec", node, "--", "sh", "-c", script)
+    return appliance(ENV, "lab", "exec", node, "--", "sh", "-c", script)
 
 
 class NodeShell:
@@ -182,16 +174,16 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     options = parser.parse_args()
 
-    appliance("lab", "bundle")
-    appliance("lab", "up", "--workers", "1")
+    appliance(ENV, "lab", "bundle")
+    appliance(ENV, "lab", "up", "--workers", "1")
     try:
-        appliance("bootstrap", "--json")
-        client = Client(Path(appliance("lab", "kubeconfig").strip()))
+        appliance(ENV, "bootstrap", "--json")
+        client = Client(Path(appliance(ENV, "lab", "kubeconfig").strip()))
         latencies = measure_latency(client, options.rounds)
         (idle_cpu, idle_rss), (busy_cpu, busy_rss), written, read = measure_agent(options.seconds)
     finally:
         if not options.keep:
-            appliance("lab", "down")
+            appliance(ENV, "lab", "down")
     rate = written / options.seconds
     p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
     rows = [

@@ -24,31 +24,14 @@ import argparse
 import os
 import ssl
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from lab_cli import appliance, timed
+
 ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchlife", "APPLIANCE_LAB_SUBNET": "172.28.10.0/24"}
 API = "https://172.28.10.10:6443/readyz"
-
-
-def appliance(*args: str) -> str:
-    result = subprocess.run(
-        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def timed(*args: str) -> float:
-    started = time.monotonic()
-    appliance(*args)
-    return time.monotonic() - started
 
 
 class Prober(threading.Thread):
@@ -91,20 +74,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     args = parser.parse_args()
-    appliance("lab", "up", "--workers", "1")
+    appliance(ENV, "lab", "up", "--workers", "1")
     try:
-        appliance("bootstrap")
+        appliance(ENV, "bootstrap")
         renew, window, status = [], [], []
         for round_number in range(1, args.rounds + 1):
             if round_number > 1:
                 time.sleep(660)  # the kubelet forgets a container's back-off after 10 minutes of running
             prober = Prober()
             prober.start()
-            renew.append(timed("certs", "renew", "--force"))
+            renew.append(timed(ENV, "certs", "renew", "--force"))
             prober.stop.set()
             prober.join()
             window.append(prober.longest)
-            status.append(timed("certs", "status"))
+            status.append(timed(ENV, "certs", "status"))
             print(
                 f"round {round_number}: renew {renew[-1]:.1f} s, API unavailable {window[-1]:.1f} s, "
                 f"status {status[-1]:.1f} s",
@@ -116,7 +99,7 @@ def main() -> None:
         print(f"certs status (every node's certificates)           {statistics.median(status):8.1f} s")
     finally:
         if not args.keep:
-            appliance("lab", "down")
+            appliance(ENV, "lab", "down")
 
 
 if __name__ == "__main__":

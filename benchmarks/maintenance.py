@@ -26,7 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from lab_cli import appliance, timed
+
 ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchmaint", "APPLIANCE_LAB_SUBNET": "172.28.9.0/24"}
 KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
 WORKLOAD = """
@@ -53,23 +54,8 @@ spec:
 """
 
 
-def appliance(*args: str) -> str:
-    result = subprocess.run(
-        [str(BIN / "appliance"), *args], env=ENV, capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        sys.exit(f"appliance {' '.join(args)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def timed(*args: str) -> float:
-    started = time.monotonic()
-    appliance(*args)
-    return time.monotonic() - started
-
-
 def kubectl(*args: str, stdin: str | None = None) -> str:
-    config = appliance("lab", "kubeconfig").strip()
+    config = appliance(ENV, "lab", "kubeconfig").strip()
     result = subprocess.run(
         [str(KUBECTL), "--kubeconfig", config, *args], input=stdin, capture_output=True, text=True, check=True
     )
@@ -107,27 +93,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
 
-    appliance("lab", "bundle")
-    appliance("lab", "down")
-    appliance("lab", "up", "--workers", "2")
+    appliance(ENV, "lab", "bundle")
+    appliance(ENV, "lab", "down")
+    appliance(ENV, "lab", "up", "--workers", "2")
     try:
-        appliance("bootstrap", "--json")
+        appliance(ENV, "bootstrap", "--json")
         kubectl("apply", "-f", "-", stdin=WORKLOAD)
         spread()
         drains, moved, removes, rejoins = [], [], [], []
         for _ in range(options.rounds):
             started = time.monotonic()
-            appliance("node", "drain", "worker-1", "--json")
+            appliance(ENV, "node", "drain", "worker-1", "--json")
             drains.append(time.monotonic() - started)
             wait_until(lambda: running_off("worker-1"))
             moved.append(time.monotonic() - started)
-            appliance("node", "restore", "worker-1", "--json")
+            appliance(ENV, "node", "restore", "worker-1", "--json")
             spread()
-            removes.append(timed("node", "remove", "worker-1", "--json"))
-            rejoins.append(timed("node", "rejoin", "worker-1", "--json"))
+            removes.append(timed(ENV, "node", "remove", "worker-1", "--json"))
+            rejoins.append(timed(ENV, "node", "rejoin", "worker-1", "--json"))
             spread()
     finally:
-        appliance("lab", "down")
+        appliance(ENV, "lab", "down")
     figures = [
         ("drain-to-empty: `node drain worker-1` until only DaemonSet pods remain", drains),
         ("drain until every pod of the workload is Running on another node", moved),
