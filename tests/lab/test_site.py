@@ -716,10 +716,10 @@ def test_certs_status_lists_every_certificate_with_its_days_left_and_fails_withi
         "cp-1 apiserver ",
         "cp-1 admin.conf ",
         "worker-1 kubelet-client ",
-        "controller runai-domain ",
     ):
         assert name in failure["message"], failure["message"]
     assert "cp-1 ca " not in failure["message"]  # ten years
+    assert "controller runai-domain " not in failure["message"]  # 825 days (runai_backend_tls_valid_days)
 
 
 def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluster_running(converged):
