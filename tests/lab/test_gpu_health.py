@@ -133,17 +133,7 @@ def cluster():
     up = lab_cli("lab", "up", "--workers", "3")
     assert up.returncode == 0, up.stderr
     try:
-        # The controller-manager signs the kubelets' client certificates for 10 minutes (from 5 minutes back):
-        # each kubelet replaces its own every 5.5-8.5 minutes, under the running agents
-        # (test_the_agent_follows_the_kubelets_rotating_client_certificate).
-        result = lab_cli(
-            "bootstrap",
-            "--json",
-            "-e",
-            json.dumps(
-                {"kube_control_plane_controller_manager_extra_args": {"cluster-signing-duration": "10m"}}
-            ),
-        )
+        result = lab_cli("bootstrap", "--json")
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr
         yield
     finally:
@@ -343,53 +333,3 @@ def test_bad_input_is_refused_before_any_change():
     assert result.returncode == 1
     assert "gpu_health_max_isolated_share=2 (more than 0, at most 1)" in summary["failures"][0]["message"]
     assert on("cp-1", "md5sum /etc/appliance/gpu-health/controller.yml") == before
-
-
-def kubelet_certificates(node: str) -> list[tuple[str, float]]:
-    """The kubelet's client certificates on NODE, oldest first: (file, not-after as epoch seconds)."""
-    listing = on(
-        node,
-        "for f in $(ls -tr /var/lib/kubelet/pki/kubelet-client-2*.pem); do "
-        'echo $f $(date -d "$(openssl x509 -noout -enddate -in $f | cut -d= -f2)" +%s); done',
-    )
-    return [(name, float(epoch)) for name, epoch in (line.split() for line in listing.splitlines())]
-
-
-def agent_started(node: str) -> float:
-    return float(
-        on(node, 'date -d "$(systemctl show -p ActiveEnterTimestamp --value appliance-gpu-health-agent)" +%s')
-    )
-
-
-def test_the_agent_follows_the_kubelets_rotating_client_certificate():
-    """Issue 21: the kubelets' certificates live 10 minutes here (the fixture's cluster-signing-duration).
-    Once worker-1's kubelet has replaced its certificate twice since the agent started, and the one the
-    agent started with has expired, an Xid 79 line still sets GPUHealthy=False (the agent, with the
-    kubelet's credentials) and the taint (the controller, with its expiring token). worker-1 is the GPU
-    node the circuit breaker already counts (isolated earlier within its window), so it may be isolated
-    again."""
-    started = agent_started("worker-1")
-
-    def rotated_twice() -> bool:
-        certificates = kubelet_certificates("worker-1")
-        since_start = [
-            name for name, _ in certificates if float(on("worker-1", f"stat -c %Y {name}")) > started
-        ]
-        return len(since_start) >= 2 and certificates[0][1] < time.time()
-
-    wait_for(rotated_twice, 900, "two rotations of worker-1's kubelet certificate since its agent started")
-    assert on("worker-1", "systemctl is-active appliance-gpu-health-agent").strip() == "active"
-    assert agent_started("worker-1") == started  # the same agent process, never restarted
-    assert gpu_condition("worker-1")["status"] == "True"
-    fed = time.monotonic()
-    feed("worker-1", XID79)
-    wait_for(lambda: gpu_condition("worker-1").get("status") == "False", 30, "GPUHealthy=False on worker-1")
-    condition_seconds = time.monotonic() - fed
-    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
-    taint_seconds = time.monotonic() - fed
-    assert gpu_condition("worker-1")["reason"] == "Xid79"
-    print(
-        f"after two kubelet certificate rotations: Xid 79 to GPUHealthy=False {condition_seconds:.2f} s, "
-        f"to the taint {taint_seconds:.2f} s (polled every 0.5 s through kubectl)"
-    )
-    readmitted("worker-1")
