@@ -675,16 +675,35 @@ def runai_served_serial() -> str:
     return serial.strip().removeprefix("serial=").upper()
 
 
-def workload_pods() -> dict[str, int]:
-    """Every pod that is not a control-plane static pod: UID -> its containers' restarts."""
+WORKLOAD = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: certs-workload, namespace: default}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: certs-workload}}}}
+  template:
+    metadata: {{labels: {{app: certs-workload}}}}
+    spec:
+      containers:
+        - {{name: pause, image: "{RUNAI_IP}:5000/pause:3.6"}}
+"""
+
+
+def workload_pods() -> dict[str, tuple[str, int]]:
+    """A user's workload (WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose -
+    the control-plane static pods, and the Run:ai control plane's, which roll to serve its re-issued
+    certificate: UID -> (name, its containers' restarts)."""
     static = ("etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-")
     pods = kube_json("get", "pods", "--all-namespaces")["items"]
     return {
-        pod["metadata"]["uid"]: sum(
-            s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", [])
+        pod["metadata"]["uid"]: (
+            f"{pod['metadata']['namespace']}/{pod['metadata']['name']}",
+            sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses", [])),
         )
         for pod in pods
         if not (pod["metadata"]["namespace"] == "kube-system" and pod["metadata"]["name"].startswith(static))
+        and pod["metadata"]["namespace"] != "runai-backend"
     }
 
 
@@ -726,6 +745,8 @@ def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluste
     _, before = certs("status")
     old = certificates(before)
     served_before = served_serial()
+    kubectl("apply", "-f", "-", stdin=WORKLOAD)
+    kubectl("rollout", "status", "deployment/certs-workload", "--timeout=120s")
     pods_before = workload_pods()
 
     result, summary = certs("renew", "--force")
@@ -774,7 +795,16 @@ def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluste
     for node in json.loads(nodes.stdout)["items"]:
         ready = [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"]
         assert ready == ["True"], node["metadata"]["name"]
-    assert workload_pods() == pods_before  # no workload pod restarted or was replaced
+    # The user's workload: the same pods, never restarted.
+    after_pods = workload_pods()
+    workload = {uid: pod for uid, pod in pods_before.items() if "/certs-workload-" in pod[0]}
+    assert len(workload) == 2 and all(after_pods.get(uid) == pod for uid, pod in workload.items()), after_pods
+    # No other pod restarted a container (a pod replaced by its controller is listed, for the record).
+    restarted = [
+        pod for uid, pod in after_pods.items() if uid in pods_before and pod[1] > pods_before[uid][1]
+    ]
+    assert restarted == [], restarted
+    kubectl("delete", "deployment", "certs-workload")
 
     again, summary = certs("renew")
     assert again.returncode == 0, again.stdout[-3000:]
