@@ -675,7 +675,7 @@ def runai_served_serial() -> str:
     return serial.strip().removeprefix("serial=").upper()
 
 
-WORKLOAD = f"""
+CERTS_WORKLOAD = f"""
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: certs-workload, namespace: default}}
@@ -691,7 +691,7 @@ spec:
 
 
 def workload_pods() -> dict[str, tuple[str, int]]:
-    """A user's workload (WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose -
+    """A user's workload (CERTS_WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose -
     the control-plane static pods, and the Run:ai control plane's, which roll to serve its re-issued
     certificate: UID -> (name, its containers' restarts)."""
     static = ("etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-")
@@ -745,7 +745,7 @@ def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluste
     _, before = certs("status")
     old = certificates(before)
     served_before = served_serial()
-    kubectl("apply", "-f", "-", stdin=WORKLOAD)
+    kubectl("apply", "-f", "-", stdin=CERTS_WORKLOAD)
     kubectl("rollout", "status", "deployment/certs-workload", "--timeout=120s")
     pods_before = workload_pods()
 
