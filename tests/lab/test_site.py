@@ -691,8 +691,8 @@ spec:
 
 
 def workload_pods() -> dict[str, tuple[str, int]]:
-    """A user's workload (CERTS_WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose -
-    the control-plane static pods, and the Run:ai control plane's, which roll to serve its re-issued
+    """A user's workload (CERTS_WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose
+    - the control-plane static pods, and the Run:ai control plane's, which roll to serve its re-issued
     certificate: UID -> (name, its containers' restarts)."""
     static = ("etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-")
     pods = kube_json("get", "pods", "--all-namespaces")["items"]
