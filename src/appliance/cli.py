@@ -50,6 +50,10 @@ certs_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(certs_app, name="certs")
+backup_app = typer.Typer(
+    help="Backups of the control plane: take one now (--out DIR: also a copy here), list them, verify one.",
+)
+app.add_typer(backup_app, name="backup")
 
 console = Console()
 errors = Console(stderr=True)
@@ -557,6 +561,99 @@ def certs_renew(
     CAs are never renewed. Nothing due: nothing changes."""
     extra = (f"certs_renew_force={json.dumps(force)}", *(extra_vars or ()))
     request = runner.RunRequest(playbook="certs.yml", inventory=inventory, extra_vars=extra, check=check)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", help="A directory on this machine that gets a copy of the archive (0600)."),
+]
+
+
+@backup_app.callback(invoke_without_command=True)
+def backup(
+    ctx: typer.Context,
+    out: OutOption = None,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Take a backup now on the first control-plane node: an etcd snapshot, the PKI, the kubeadm and kubelet
+    configuration, every Helm release's values and the Run:ai database, in one archive encrypted with
+    backup_passphrase (Vault); the newest backup_keep are kept. Before maintenance, run this."""
+    if ctx.invoked_subcommand is not None:
+        if out is not None or inventory is not None or extra_vars or check or as_json:
+            raise UsageError(f"put the options after `backup {ctx.invoked_subcommand}`")
+        return
+    extra = (*_out_vars(out), *(extra_vars or ()))
+    request = runner.RunRequest(playbook="backup.yml", inventory=inventory, extra_vars=extra, check=check)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+def _out_vars(out: Path | None) -> tuple[str, ...]:
+    if out is None:
+        return ()
+    return (json.dumps({"backup_fetch_dir": str(out.expanduser().resolve())}),)
+
+
+@backup_app.command("list")
+def backup_list(
+    out: OutOption = None,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The archives on the first control-plane node (and in --out DIR here), oldest first."""
+    extra = (*_out_vars(out), *(extra_vars or ()))
+    request = runner.RunRequest(playbook="backup_list.yml", inventory=inventory, extra_vars=extra)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+ArchiveArgument = Annotated[
+    str, typer.Argument(help="An archive on this machine, or the name of one on the first control-plane node")
+]
+
+
+def _archive_vars(archive: str) -> tuple[str, ...]:
+    local = Path(archive).expanduser()
+    value = str(local.resolve()) if local.exists() else archive
+    return (json.dumps({"backup_archive": value}),)
+
+
+@backup_app.command("verify")
+def backup_verify(
+    archive: ArchiveArgument,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check ARCHIVE with backup_passphrase: its authentication code, every member against the manifest."""
+    extra = (*_archive_vars(archive), *(extra_vars or ()))
+    request = runner.RunRequest(playbook="backup_verify.yml", inventory=inventory, extra_vars=extra)
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
+@app.command()
+def restore(
+    archive: ArchiveArgument,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore onto a healthy control plane, or from an archive whose CA is not the workers'.",
+        ),
+    ] = False,
+    inventory: InventoryOption = None,
+    extra_vars: ExtraVarsOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Bring back a control plane that lost its state (disk replaced, kubeadm reset, /var/lib/etcd gone) from
+    ARCHIVE: PKI, etcd, the control plane, kubeconfigs, the Run:ai database, missing Helm releases; then wait
+    until every node is Ready. Workers keep their membership."""
+    extra = (*_archive_vars(archive), f"backup_restore_force={json.dumps(force)}", *(extra_vars or ()))
+    request = runner.RunRequest(playbook="restore.yml", inventory=inventory, extra_vars=extra, check=check)
     raise typer.Exit(execute(request, as_json=as_json))
 
 

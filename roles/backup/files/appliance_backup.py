@@ -354,6 +354,23 @@ def etcd_snapshot(config: dict, collector: Collector) -> dict:
     return status
 
 
+def etcd_member(manifest: Path) -> dict:
+    """The local etcd member's name and peer URL, from its static pod manifest (a restore needs them)."""
+    try:
+        text = manifest.read_text()
+    except OSError as error:
+        raise BackupError(f"cannot read etcd's manifest {manifest}: {error.strerror}") from error
+    found = dict(re.findall(r"--(name|initial-advertise-peer-urls)=(\S+)", text))
+    if len(found) != 2:
+        raise BackupError(f"{manifest} names no etcd member (--name, --initial-advertise-peer-urls)")
+    return {"member": found["name"], "peer_url": found["initial-advertise-peer-urls"]}
+
+
+def bundle_manifest_sha256(config: dict) -> str:
+    path = Path(config.get("bundle_manifest", ""))
+    return sha256_file(path) if path.is_file() else ""
+
+
 def helm_releases(config: dict, collector: Collector) -> list[dict]:
     env = {**os.environ, "KUBECONFIG": config["kubeconfig"]}
     listed = json.loads(run(["helm", "list", "--all-namespaces", "--output=json"], env=env).stdout or "[]")
@@ -450,14 +467,10 @@ def take(config: dict, out_dir: Path, bundle_sha256: str, inventory_sha256: str)
             "cluster": cluster,
             "created": created,
             "node": socket.gethostname(),
-            "etcd": {
-                "status": etcd,
-                "member": config["etcd"]["member"],
-                "peer_url": config["etcd"]["peer_url"],
-            },
+            "etcd": {"status": etcd, **etcd_member(Path(config["etcd"]["manifest"]))},
             "ca_sha256": sha256_file(pki / "ca.crt"),
             "kubernetes_version": config.get("kubernetes_version", ""),
-            "bundle_manifest_sha256": bundle_sha256 or config.get("bundle_manifest_sha256", ""),
+            "bundle_manifest_sha256": bundle_sha256 or bundle_manifest_sha256(config),
             "inventory_sha256": inventory_sha256 or config.get("inventory_sha256", ""),
             "helm_releases": releases,
             "runai_database": database,

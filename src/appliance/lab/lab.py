@@ -168,14 +168,20 @@ def groups_for(planned: list[nodes.Node]) -> dict[str, list[str]]:
     }
 
 
+def _secret_lookup(files: LabFiles, name: str) -> str:
+    """A lookup of a random secret made once for this lab, kept in its state directory (mode 0600)."""
+    path = files.key.parent / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    return f"{{{{ lookup('ansible.builtin.file', '{path}') }}}}"
+
+
 def runai_variables(planned: list[nodes.Node], files: LabFiles, tarball: Path) -> dict[str, Any]:
     """The Run:ai inputs of a lab appliance: the tarball, a domain of the reserved .test name space on
     cp-1's address, a CA and certificate made by role runai_backend, and an admin password generated once
     per lab, kept in the lab's state directory (0600) and read from there by the inventory."""
-    password = files.key.parent / "runai-admin-password"
-    if not password.exists():
-        password.touch(mode=0o600)
-        password.write_text(secrets.token_urlsafe(18) + "\n")
     control_plane = planned[0]
     return {
         "runai_airgapped_tar": str(tarball.resolve()),
@@ -184,7 +190,7 @@ def runai_variables(planned: list[nodes.Node], files: LabFiles, tarball: Path) -
         "runai_tls_generate": True,
         # The lab has neither an NFS server nor a storage class; the synthetic control plane stores nothing.
         "runai_storage_class": "lab-none",
-        "runai_admin_password": f"{{{{ lookup('ansible.builtin.file', '{password}') }}}}",
+        "runai_admin_password": _secret_lookup(files, "runai-admin-password"),
         # No DNS server of the lab knows the domain; the roles connect to the IP with the domain's name.
         "preflight_runai_domain": "",
     }
@@ -207,6 +213,10 @@ def write_inventory(
                 "ansible_ssh_common_args": f"-o UserKnownHostsFile={files.known_hosts}",
                 "appliance_bundle_dir": str(paths.lab_bundle_dir()),
                 "certs_admin_kubeconfig_fetch": str(files.admin_conf),
+                # Archives are named after the lab; their passphrase is made once per lab (0600), as a site
+                # keeps it in Ansible Vault.
+                "appliance_cluster_name": planned[0].lab,
+                "backup_passphrase": _secret_lookup(files, "backup-passphrase"),
                 **lab_variables(),
                 **(extra_vars or {}),
             },
