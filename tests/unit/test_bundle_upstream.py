@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 
@@ -69,3 +70,37 @@ def test_cli_refuses_mirror_without_upstream_and_unknown_sources(tmp_path):
     result = run_cli("bundle", "build", "--out", str(tmp_path / "b"), "--source", "ftp")
     assert result.returncode == 2
     assert "--source ftp: this toolkit builds bundles from: build, upstream" in result.stderr
+
+
+def test_etcd_tools_come_from_one_release_archive_downloaded_once(tmp_path, monkeypatch):
+    """etcdctl and etcdutl are two targets pinning the same archive: one download, each takes its own
+    binary (not etcd, not README-etcdctl.md)."""
+    monkeypatch.setenv("APPLIANCE_CACHE_DIR", str(tmp_path / "cache"))
+    release = tmp_path / "release"
+    release.mkdir()
+    archive = release / "etcd-v3.5.1-linux-amd64.tar.gz"
+    top = "etcd-v3.5.1-linux-amd64/"
+    _tgz(archive, {top + name: name.encode() for name in ("etcd", "etcdctl", "etcdutl", "README-etcdctl.md")})
+    pin = {"amd64": hashlib.sha256(archive.read_bytes()).hexdigest()}
+    url = f"{release.as_uri()}/etcd-{{version}}-linux-{{arch}}.tar.gz"
+    entry = {"version": "v3.5.1", "upstream_url": url, "sha256": pin}
+    data = {**DATA, "binaries": {"etcdctl": entry, "etcdutl": entry}}
+    logged: list[str] = []
+    fetcher = upstream.Fetcher(data, {}, log=logged.append)
+    for tool in ("etcdctl", "etcdutl"):
+        out = fetcher.binaries(tool)
+        assert [p.name for p in out.iterdir()] == [tool]
+        assert (out / tool).read_bytes() == tool.encode()
+    assert len([line for line in logged if "downloading" in line]) == 1
+
+
+def test_a_release_archive_that_is_not_the_pinned_one_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPLIANCE_CACHE_DIR", str(tmp_path / "cache"))
+    archive = tmp_path / "etcd-v3.5.1-linux-amd64.tar.gz"
+    _tgz(archive, {"etcd-v3.5.1-linux-amd64/etcdctl": b"tampered"})
+    entry = {"version": "v3.5.1", "upstream_url": archive.as_uri(), "sha256": {"amd64": "0" * 64}}
+    fetcher = upstream.Fetcher({**DATA, "binaries": {"etcdctl": entry}}, {}, log=lambda _: None)
+    with pytest.raises(
+        ApplianceError, match=r"etcdctl: .* has sha256 \w+, not the 0{64} that versions.yml pins"
+    ):
+        fetcher.binaries("etcdctl")

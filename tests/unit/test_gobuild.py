@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.bundle import gobuild, openapi, versions
+from appliance.bundle import build, gobuild, openapi, upstream, versions
 from tests.conftest import PROJECT
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
@@ -38,6 +38,25 @@ replace (
 
 // Bad imports are sometimes causing attempts to pull that code.
 // This makes the error more explicit.
+replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
+"""
+
+# go.etcd.io/etcd/etcdctl/v3 v3.5.1's go.mod, shortened: raft is replaced but not required (etcdutl needs it).
+ETCDCTL_GO_MOD = """module go.etcd.io/etcd/etcdctl/v3
+
+go 1.16
+
+require (
+\tgo.etcd.io/etcd/client/v3 v3.5.1
+\tgo.etcd.io/etcd/etcdutl/v3 v3.5.1
+)
+
+replace (
+\tgo.etcd.io/etcd/client/v3 => ../client/v3
+\tgo.etcd.io/etcd/etcdutl/v3 => ../etcdutl
+\tgo.etcd.io/etcd/raft/v3 => ../raft
+)
+
 replace go.etcd.io/etcd => ./FORBIDDEN_DEPENDENCY
 """
 
@@ -109,3 +128,26 @@ def test_extra_replaces_point_kubernetes_at_the_generated_copy():
     assert target.openapi
     go_mod = gobuild.wrapper_go_mod(target, KUBERNETES_GO_MOD, ["k8s.io/kubernetes => ./src/kubernetes"])
     assert "\tk8s.io/kubernetes => ./src/kubernetes" in go_mod
+
+
+def test_etcd_tools_are_modules_of_their_own_at_the_etcd_image_s_release():
+    for tool in ("etcdctl", "etcdutl"):
+        target = targets()[tool]
+        assert (target.module, target.version) == (f"go.etcd.io/etcd/{tool}/v3", "v3.5.1")
+        assert target.binaries == {tool: f"go.etcd.io/etcd/{tool}/v3"}  # main package at the module's root
+    go_mod = gobuild.wrapper_go_mod(targets()["etcdctl"], ETCDCTL_GO_MOD)
+    assert "require go.etcd.io/etcd/etcdctl/v3 v3.5.1" in go_mod
+    assert "\tgo.etcd.io/etcd/etcdutl/v3 => go.etcd.io/etcd/etcdutl/v3 v3.5.1" in go_mod
+    assert "raft" not in go_mod and "FORBIDDEN_DEPENDENCY" not in go_mod
+
+
+def test_every_bundle_binary_is_built_here_and_downloadable_upstream():
+    """bin/ of the bundle: each file is a versions.yml binary, made by a gobuild target that has it, and
+    `--source upstream` knows the release download of that target."""
+    data = versions.load(versions.versions_file(PROJECT))
+    built = targets()
+    for name, target in build.BUNDLE_BINARIES.items():
+        assert name in data["binaries"], name
+        assert name in built[target].binaries, (name, target)
+        assert name in upstream.TARGETS[target], (name, target)
+    assert {"etcdctl", "etcdutl"} <= set(build.BUNDLE_BINARIES)

@@ -40,6 +40,24 @@ def test_kubernetes_checksums_are_kubespray_s():
     assert binaries["kubectl"]["sha256"]["amd64"].startswith("715da05c")
 
 
+def test_etcd_tools_are_the_etcd_image_s_release_and_pin_its_release_archive():
+    data = versions.load(versions.versions_file(PROJECT))
+    etcd = data["images"]["etcd"]
+    assert etcd["image"] == "k8s.gcr.io/etcd:3.5.1-0"
+    ctl, utl = data["binaries"]["etcdctl"], data["binaries"]["etcdutl"]
+    assert ctl["version"] == utl["version"] == etcd["module_version"] == "v3.5.1"
+    # One archive holds both; kubespray v2.19.1 records its sha256 (etcd_binary_checksums).
+    assert ctl["upstream_url"] == utl["upstream_url"]
+    assert ctl["upstream_url"].format(version="v3.5.1", arch="amd64") == (
+        "https://github.com/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz"
+    )
+    assert (
+        ctl["sha256"]
+        == utl["sha256"]
+        == {"amd64": "728a14914217ce60de2e1299fc1a2c2c5564e7ffd0d9dadf3f5073103ab619b4"}
+    )
+
+
 def test_check_names_every_problem():
     data = yaml.safe_load(versions.versions_file(PROJECT).read_text())
     data["binaries"] = {

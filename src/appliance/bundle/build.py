@@ -2,7 +2,8 @@
 
 Layout (stable; manifest.json lists every file with its component, version, size and sha256):
 
-    bin/         kubeadm, kubelet, kubectl, helm (the raw binaries, for hosts without apt)
+    bin/         kubeadm, kubelet, kubectl, crictl, helm (the raw binaries, for hosts without apt), and
+                 etcdctl, etcdutl (etcd's tools, for the control-plane nodes; no package holds them)
     debs/        an apt repository: the Kubernetes packages as the former upstream repository shipped
                  them, and the OS packages (docker.io, containerd, docker-registry, ...) with the
                  dependencies a minimal install lacks; Packages, Packages.gz, Release
@@ -41,6 +42,8 @@ BUNDLE_BINARIES = {
     "kubectl": "kubernetes",
     "crictl": "crictl",
     "helm": "helm",
+    "etcdctl": "etcdctl",
+    "etcdutl": "etcdutl",
 }
 
 
@@ -191,8 +194,12 @@ def _kubernetes_debs(inputs: dict[str, Path], data: dict[str, Any], log: Callabl
     for name, path in sorted(inputs.items()):
         for file in sorted(path.iterdir()) if path.is_dir() else [path]:
             recipe.update(f"{name}/{file.name}:{manifest.sha256_of(file)}\n".encode())
-    # Only the tables the packaging reads: a new OS package in versions.yml must not repackage these.
-    packaging = {table: data[table] for table in ("kubernetes", "binaries")}
+    # Only what the packaging reads: a new OS package or a binary that goes in no .deb (helm, etcdctl)
+    # must not repackage these.
+    packaging = {
+        "kubernetes": data["kubernetes"],
+        "binaries": {name: entry for name, entry in data["binaries"].items() if "deb" in entry},
+    }
     recipe.update(json.dumps(packaging, sort_keys=True).encode())
     for part in (Path(debs.__file__), *sorted(Path(debs.__file__).with_name("deb-templates").rglob("*"))):
         if part.is_file():

@@ -149,6 +149,17 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                 {"etcd": images["etcd"]["go_module"]},
                 ldflags=("-s", "-w"),
             ),
+            # etcd's tools are modules of their own, each with its main package at the module's root.
+            *(
+                GoTarget(
+                    tool,
+                    binaries[tool]["go_module"],
+                    binaries[tool]["version"],
+                    {tool: binaries[tool]["go_module"]},
+                    ldflags=("-s", "-w"),
+                )
+                for tool in ("etcdctl", "etcdutl")
+            ),
             GoTarget(
                 "coredns",
                 images["coredns"]["go_module"],

@@ -44,6 +44,10 @@ TARGETS = {
     "crictl": ("crictl",),
     "helm": ("helm",),
     "cni-plugins": ("cni-plugins",),
+    # Both from etcd's one release archive: downloaded once (the cache is keyed by its sha256), each
+    # target extracts its own binary from it.
+    "etcdctl": ("etcdctl",),
+    "etcdutl": ("etcdutl",),
 }
 
 
