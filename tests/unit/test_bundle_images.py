@@ -50,7 +50,7 @@ def test_two_images_with_the_same_archive_name_are_refused() -> None:
 def inputs(tmp_path: Path) -> dict[str, Path]:
     binaries = tmp_path / "bin"
     binaries.mkdir()
-    for name in ("etcd", "kube-proxy", "flanneld", "flannel"):
+    for name in ("etcd", "etcdctl", "etcdutl", "kube-proxy", "flanneld", "flannel"):
         (binaries / name).write_bytes(f"{name} binary".encode())
     ca_bundle = tmp_path / "ca-certificates.crt"
     ca_bundle.write_text("-----BEGIN CERTIFICATE-----\n")
@@ -59,9 +59,16 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     return {"binaries": binaries, "ca_bundle": ca_bundle, "busybox": busybox}
 
 
+def etcd_plan(inputs: dict[str, Path], image: str = ETCD, binaries: Path | None = None) -> images.ImagePlan:
+    """The etcd image's plan, its tools (etcdctl, etcdutl) taken from the same directory as the server."""
+    directory = binaries or inputs["binaries"]
+    tools = {"etcdctl": directory, "etcdutl": directory}
+    return images.plan_image("etcd", image, directory, ca_bundle=inputs["ca_bundle"], tool_dirs=tools)
+
+
 def test_recipe_digest_is_stable_and_follows_the_binary(inputs: dict[str, Path]) -> None:
     def digest() -> str:
-        return images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
+        return etcd_plan(inputs).digest()
 
     first = digest()
     assert digest() == first
@@ -74,21 +81,16 @@ def test_recipe_digest_is_stable_and_follows_the_binary(inputs: dict[str, Path])
 def test_recipe_digest_ignores_where_the_binaries_are(inputs: dict[str, Path], tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(inputs["binaries"], elsewhere)
-    moved = images.plan_image("etcd", ETCD, elsewhere, ca_bundle=inputs["ca_bundle"])
-    original = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    moved = etcd_plan(inputs, binaries=elsewhere)
+    original = etcd_plan(inputs)
     assert moved.digest() == original.digest()
 
 
 def test_recipe_digest_follows_the_ca_bundle_the_base_and_the_version(inputs: dict[str, Path]) -> None:
-    etcd = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
+    etcd = etcd_plan(inputs).digest()
     inputs["ca_bundle"].write_text("another bundle\n")
-    assert images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest() != etcd
-    assert (
-        images.plan_image(
-            "etcd", "k8s.gcr.io/etcd:3.5.1-1", inputs["binaries"], ca_bundle=inputs["ca_bundle"]
-        ).digest()
-        != images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"]).digest()
-    )
+    assert etcd_plan(inputs).digest() != etcd
+    assert etcd_plan(inputs, "k8s.gcr.io/etcd:3.5.1-1").digest() != etcd_plan(inputs).digest()
 
     def kube_proxy(base_id: str) -> str:
         base = images.Base("appliance-image-base:0123", base_id)
@@ -99,7 +101,7 @@ def test_recipe_digest_follows_the_ca_bundle_the_base_and_the_version(inputs: di
 
 
 def test_static_images_are_from_scratch_with_a_distroless_like_tree(inputs: dict[str, Path]) -> None:
-    plan = images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    plan = etcd_plan(inputs)
     assert plan.dockerfile.startswith("FROM scratch\nCOPY rootfs/ /\n")
     assert "ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" in plan.dockerfile
     assert 'org.opencontainers.image.version="3.5.1-0"' in plan.dockerfile
@@ -112,6 +114,43 @@ def test_static_images_are_from_scratch_with_a_distroless_like_tree(inputs: dict
     passwd = plan.tree["etc/passwd"]
     assert isinstance(passwd, images.Content)
     assert [line.split(":")[0] for line in passwd.data.decode().splitlines()] == ["root", "nobody"]
+
+
+def test_etcd_image_holds_etcdctl_and_etcdutl_beside_the_server_as_upstream_s(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Upstream's k8s.gcr.io/etcd:3.5.1-0 has /usr/local/bin/etcd, etcdctl and etcdutl; the tools are
+    gobuild targets of their own, and a rebuilt tool makes a new recipe (so the image is rebuilt)."""
+    ctl, utl = tmp_path / "etcdctl-out", tmp_path / "etcdutl-out"
+    for directory, name in ((ctl, "etcdctl"), (utl, "etcdutl")):
+        directory.mkdir()
+        (directory / name).write_bytes(f"{name} binary".encode())
+
+    def plan() -> images.ImagePlan:
+        tools = {"etcdctl": ctl, "etcdutl": utl}
+        return images.plan_image(
+            "etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"], tool_dirs=tools
+        )
+
+    first = plan()
+    for name, directory in (("etcd", inputs["binaries"]), ("etcdctl", ctl), ("etcdutl", utl)):
+        assert first.tree[f"usr/local/bin/{name}"] == images.Copy(directory / name)
+    assert "gobuild targets etcd, etcdctl, etcdutl" in first.dockerfile
+    assert images.RECIPES["etcd"].targets() == ["etcd", "etcdctl", "etcdutl"]
+    first_digest = first.digest()  # a digest reads the files when asked: take it before one changes
+    (ctl / "etcdctl").write_bytes(b"etcdctl binary, rebuilt")
+    assert plan().digest() != first_digest
+    (ctl / "etcdctl").write_bytes(b"etcdctl binary")
+    assert plan().digest() == first_digest
+
+
+def test_etcd_image_without_its_tools_is_refused_in_one_line(inputs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ApplianceError, match=r"image etcd: the etcdctl binaries was not given"):
+        images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+    tools = {"etcdctl": inputs["binaries"], "etcdutl": tmp_path}
+    with pytest.raises(ApplianceError, match=r"gobuild target etcdutl has no etcdutl") as error:
+        images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"], tool_dirs=tools)
+    assert "\n" not in str(error.value)
 
 
 def test_debian_images_build_on_the_local_base(inputs: dict[str, Path]) -> None:
@@ -151,7 +190,7 @@ def test_unknown_image_and_missing_binary_are_one_line_errors(inputs: dict[str, 
         images.plan_image("mystery", "example.com/mystery:1", None)
     (inputs["binaries"] / "etcd").unlink()
     with pytest.raises(ApplianceError, match=r"gobuild target etcd has no etcd") as error:
-        images.plan_image("etcd", ETCD, inputs["binaries"], ca_bundle=inputs["ca_bundle"])
+        etcd_plan(inputs)
     assert "\n" not in str(error.value)
 
 

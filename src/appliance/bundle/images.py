@@ -8,6 +8,7 @@ Dockerfile and context are generated here, always FROM scratch or FROM a Debian 
 - kube-apiserver, kube-controller-manager, kube-scheduler, etcd, coredns: the Go binary on a minimal
   static base like distroless-static (users root and nobody, nsswitch.conf, /tmp, and Debian's CA
   certificates from the Debian base: the build machine's own bundle may hold local or proxy CAs).
+  etcd's image also holds etcdctl and etcdutl, as upstream's does.
 - kube-proxy, flannel: the Go binary on a Debian 12 base with iptables, conntrack and iproute2
   (debootstrap, image-recipes/base-rootfs.sh), whose iptables picks the host's backend on first use.
 - flannel-cni-plugin: the CNI plugin with Debian's static busybox as the shell and `cp` its init
@@ -29,7 +30,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -79,6 +80,13 @@ class Recipe:
     busybox: bool = False  # /bin/busybox and a few applets, from Debian's busybox-static
     # (directory the target copied from its module's source, absolute path in the image)
     trees: tuple[tuple[str, str], ...] = ()
+    # Programs of other gobuild targets that upstream's image ships too: (target, binary, absolute path).
+    tools: tuple[tuple[str, str, str], ...] = ()
+
+    def targets(self) -> list[str]:
+        """Every gobuild target whose output goes into the image."""
+        own = [self.target] if self.target else []
+        return own + sorted({target for target, _, _ in self.tools} - set(own))
 
 
 def _control_plane(name: str) -> Recipe:
@@ -89,7 +97,14 @@ def _control_plane(name: str) -> Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "coredns": Recipe("static", "coredns", (("coredns", "/coredns"),), entrypoint=("/coredns",)),
-    "etcd": Recipe("static", "etcd", (("etcd", "/usr/local/bin/etcd"),), cmd=("/usr/local/bin/etcd",)),
+    # As upstream's image: etcdctl and etcdutl beside the server, for `kubectl exec` into the etcd pod.
+    "etcd": Recipe(
+        "static",
+        "etcd",
+        (("etcd", "/usr/local/bin/etcd"),),
+        cmd=("/usr/local/bin/etcd",),
+        tools=tuple((tool, tool, f"/usr/local/bin/{tool}") for tool in ("etcdctl", "etcdutl")),
+    ),
     "flannel": Recipe(
         "debian", "flannel", (("flanneld", "/opt/bin/flanneld"),), entrypoint=("/opt/bin/flanneld",)
     ),
@@ -254,9 +269,11 @@ def plan_image(
     base: Base | None = None,
     busybox: Path | None = None,
     ca_bundle: Path | None = None,
+    tool_dirs: Mapping[str, Path] | None = None,
 ) -> ImagePlan:
     """The plan of KEY's image: BINARY_DIR holds its target's binaries, BASE is the Debian base (for
-    "debian" recipes), BUSYBOX the static busybox, CA_BUNDLE the CA certificates of the static base."""
+    "debian" recipes), BUSYBOX the static busybox, CA_BUNDLE the CA certificates of the static base,
+    TOOL_DIRS the binaries of the other targets its recipe's tools come from (by target)."""
     if key not in RECIPES:
         raise ApplianceError(
             f"versions.yml images.{key}: no image recipe for it in appliance.bundle.images "
@@ -277,6 +294,11 @@ def plan_image(
             raise ApplianceError(
                 f"{image}: {source} is missing (gobuild target {recipe.target} has no {binary})"
             )
+        tree[destination.lstrip("/")] = Copy(source)
+    for target, binary, destination in recipe.tools:
+        source = _need((tool_dirs or {}).get(target), f"the {target} binaries", key) / binary
+        if not source.is_file():
+            raise ApplianceError(f"{image}: {source} is missing (gobuild target {target} has no {binary})")
         tree[destination.lstrip("/")] = Copy(source)
     for directory, destination in recipe.trees:
         source = _need(binary_dir, f"the {recipe.target} files", key) / directory
@@ -315,7 +337,11 @@ def _need(value: _T | None, what: str, key: str) -> _T:
 
 
 def _labels(key: str, image: str, recipe: Recipe) -> str:
-    origin = f"gobuild target {recipe.target}" if recipe.target else SOURCES.get(key, key)
+    targets = recipe.targets()
+    if targets:
+        origin = f"gobuild target{'s' if len(targets) > 1 else ''} {', '.join(targets)}"
+    else:
+        origin = SOURCES.get(key, key)
     labels = {
         "org.opencontainers.image.title": image.rsplit(":", 1)[0].rsplit("/", 1)[-1],
         "org.opencontainers.image.version": _tag(image),
@@ -400,6 +426,7 @@ def build_images(
             base=inputs.base() if recipe.base == "debian" else None,
             busybox=inputs.busybox() if recipe.busybox else None,
             ca_bundle=inputs.ca_bundle() if recipe.base == "static" else None,
+            tool_dirs={target: inputs.binaries(target) for target, _, _ in recipe.tools},
         )
         digest = plan.digest()
         if _recipe_of(image) != digest:
