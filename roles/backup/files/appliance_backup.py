@@ -334,8 +334,16 @@ class Collector:
         body.unlink()
 
 
-def kubectl(config: dict, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return run(["kubectl", f"--kubeconfig={config['kubeconfig']}", *args], timeout=timeout, **kwargs)
+def kubectl(
+    config: dict, *args: str, timeout: float = 120, check_existing: bool = False, **kwargs
+) -> subprocess.CompletedProcess | None:
+    """kubectl with the admin kubeconfig; check_existing: an AlreadyExists answer is no error."""
+    try:
+        return run(["kubectl", f"--kubeconfig={config['kubeconfig']}", *args], timeout=timeout, **kwargs)
+    except BackupError as error:
+        if check_existing and "AlreadyExists" in str(error):
+            return None
+        raise
 
 
 def etcd_snapshot(config: dict, collector: Collector) -> dict:
@@ -532,6 +540,81 @@ def extract(tar_path: Path, to: Path) -> None:
         tar.extractall(to)  # every member was checked above, and the archive authenticated
 
 
+# --- restoring what lives in the cluster ---------------------------------------------------------------
+
+
+def restore_releases(config: dict, extracted: Path, manifest: dict) -> dict:
+    """Re-create each Helm release of the archive that the cluster lacks: its stored record back, then
+    `helm rollback` to that revision, which applies the record's chart and values again."""
+    env = {**os.environ, "KUBECONFIG": config["kubeconfig"]}
+    listed = json.loads(run(["helm", "list", "--all-namespaces", "--output=json"], env=env).stdout or "[]")
+    present = {(r["namespace"], r["name"]) for r in listed}
+    restored, kept = [], []
+    for release in manifest.get("helm_releases", []):
+        key = (release["namespace"], release["name"])
+        if key in present:
+            kept.append(f"{key[0]}/{key[1]}")
+            continue
+        record = json.loads((extracted / "helm" / key[0] / f"{key[1]}.release.json").read_text())
+        metadata = record["metadata"]
+        for field in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "selfLink"):
+            metadata.pop(field, None)
+        kubectl(config, "create", "namespace", key[0], check_existing=True)
+        kubectl(config, "--namespace", key[0], "apply", "--filename=-", input=json.dumps(record).encode())
+        run(
+            ["helm", "rollback", key[1], str(release["revision"]), f"--namespace={key[0]}", "--wait",
+             "--timeout=10m"],
+            env=env, timeout=900,
+        )  # fmt: skip
+        restored.append(f"{key[0]}/{key[1]}")
+    return {"restored": restored, "present": kept}
+
+
+def restore_database(config: dict, extracted: Path, manifest: dict, timeout: int) -> dict:
+    """pg_restore of the archive's dump into the Run:ai database's pod, its clients scaled to 0 meanwhile."""
+    database = manifest.get("runai_database")
+    dump = extracted / "runai" / "database.dump"
+    if not database or not dump.is_file():
+        return {"restored": False, "reason": "the archive holds no Run:ai database"}
+    namespace = database["namespace"]
+    kubectl(
+        config, "--namespace", namespace, "wait", "pod", f"--selector={database['selector']}",
+        "--for=condition=Ready", f"--timeout={timeout}s", timeout=timeout + 30,
+    )  # fmt: skip
+    pod = kubectl(
+        config, "--namespace", namespace, "get", "pods", f"--selector={database['selector']}",
+        "--output=jsonpath={.items[0].metadata.name}",
+    ).stdout.decode().strip()  # fmt: skip
+    deployments = json.loads(
+        kubectl(config, "--namespace", namespace, "get", "deployments", "--output=json").stdout
+    )
+    replicas = {d["metadata"]["name"]: d["spec"].get("replicas", 1) for d in deployments["items"]}
+    started = time.monotonic()
+    for name in replicas:
+        kubectl(config, "--namespace", namespace, "scale", f"deployment/{name}", "--replicas=0")
+    try:
+        with open(dump, "rb") as source:
+            argv = [
+                "kubectl", f"--kubeconfig={config['kubeconfig']}", "--namespace", namespace,
+                "exec", "-i", pod, f"--container={database['container']}", "--",
+                "pg_restore", "--clean", "--if-exists", "--single-transaction", "--exit-on-error",
+                f"--username={database['user']}", f"--dbname={database['database']}",
+            ]  # fmt: skip
+            result = subprocess.run(argv, stdin=source, capture_output=True, timeout=1800, check=False)
+        if result.returncode != 0:
+            message = result.stderr.decode(errors="replace").strip().splitlines()
+            raise BackupError(f"pg_restore in {namespace}/{pod} failed: {message[-1] if message else ''}")
+    finally:
+        for name, count in replicas.items():
+            kubectl(config, "--namespace", namespace, "scale", f"deployment/{name}", f"--replicas={count}")
+    for name in replicas:
+        kubectl(
+            config, "--namespace", namespace, "rollout", "status", f"deployment/{name}",
+            f"--timeout={timeout}s", timeout=timeout + 30,
+        )  # fmt: skip
+    return {"restored": True, "pod": f"{namespace}/{pod}", "seconds": round(time.monotonic() - started, 1)}
+
+
 # --- the command line --------------------------------------------------------------------------------
 
 
@@ -546,6 +629,11 @@ def main(argv: list[str] | None = None) -> int:
     list_parser = commands.add_parser("list", help="the archives of a directory")
     list_parser.add_argument("--config", type=Path, default=CONFIG_FILE)
     list_parser.add_argument("--dir", type=Path)
+    for command in ("restore-releases", "restore-database"):
+        sub = commands.add_parser(command, help="after a restore of etcd, from an extracted archive")
+        sub.add_argument("extracted", type=Path)
+        sub.add_argument("--config", type=Path, default=CONFIG_FILE)
+        sub.add_argument("--timeout", type=int, default=900)
     for command in ("verify", "extract"):
         sub = commands.add_parser(command)
         sub.add_argument("archive", type=Path)
@@ -560,6 +648,18 @@ def main(argv: list[str] | None = None) -> int:
                 config, args.out or Path(config["backup_dir"]), args.bundle_sha256, args.inventory_sha256
             )
             log(f"wrote {result['archive']} ({result['bytes']} bytes) in {result['seconds']} s")
+        elif args.command in ("restore-releases", "restore-database"):
+            config = load_config(args.config)
+            try:
+                manifest = json.loads((args.extracted / "manifest.json").read_text())
+            except (OSError, ValueError) as error:
+                raise BackupError(
+                    f"{args.extracted} holds no extracted archive (manifest.json): {error}"
+                ) from error
+            if args.command == "restore-releases":
+                result = restore_releases(config, args.extracted, manifest)
+            else:
+                result = restore_database(config, args.extracted, manifest, args.timeout)
         elif args.command == "list":
             directory = args.dir or Path(load_config(args.config)["backup_dir"])
             result = {"directory": str(directory), "archives": archives(directory)}
