@@ -79,7 +79,7 @@ def converged():
                 "runai_domain": RUNAI_DOMAIN,
                 "runai_external_ip": RUNAI_IP,
                 "runai_tls_generate": True,
-                "runai_storage_class": "standard",
+                "runai_local_storage_path": "/var/lib/runai-local",
                 "runai_admin_password": RUNAI_PASSWORD,
                 "preflight_runai_domain": "",
             }

@@ -188,8 +188,8 @@ def runai_variables(planned: list[nodes.Node], files: LabFiles, tarball: Path) -
         "runai_domain": f"runai.{control_plane.lab}.test",
         "runai_external_ip": control_plane.address,
         "runai_tls_generate": True,
-        # The lab has neither an NFS server nor a storage class; the synthetic control plane stores nothing.
-        "runai_storage_class": "lab-none",
+        # The lab has neither an NFS server nor a storage class: the database lives on the runai_system node.
+        "runai_local_storage_path": "/var/lib/runai-local",
         "runai_admin_password": _secret_lookup(files, "runai-admin-password"),
         # No DNS server of the lab knows the domain; the roles connect to the IP with the domain's name.
         "preflight_runai_domain": "",
