@@ -8,11 +8,15 @@ the default container runtime (tests/lab/test_containerd.py covers containerd).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import socket
 import ssl
 import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -823,3 +827,270 @@ def test_the_renewal_timer_runs_monthly_on_the_control_plane(converged):
     assert "appliance-certs: nothing is due" in journal, journal
     _, summary = certs("status")
     assert "cp-1: last check " in "\n".join(summary["report"])
+
+
+# --- Backup and restore (issue 21): the archive, its refusals, and a disaster drill on cp-1 --------------
+
+BACKUP_OUT = Path(tempfile.gettempdir()) / "appliance-test-site-backups"
+BACKUP_PROGRAM = Path(__file__).resolve().parents[2] / "roles" / "backup" / "files" / "appliance_backup.py"
+PASSPHRASE_FILE = Path.home() / ".local/state/appliance" / LAB_ENV["APPLIANCE_LAB_NAME"] / "backup-passphrase"
+CRI_SOCKET = "unix:///var/run/dockershim.sock"
+
+
+def appliance_json(*args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = lab_cli(*args, "--json", "-e", f"@{RUNAI_VARS}", timeout=timeout)
+    try:
+        return result, json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result, {}
+
+
+def backup_program():
+    """roles/backup/files/appliance_backup.py as a module: the tests read archives as the node does."""
+    spec = importlib.util.spec_from_file_location("appliance_backup_lab", BACKUP_PROGRAM)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["appliance_backup_lab"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def runai_api(method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+    """A call of the Run:ai control plane's API as its admin, from cp-1 through the ingress: status, body."""
+    curl = f"curl -s --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP} --cacert /etc/kubernetes/appliance/runai-ca.crt"
+    login = on(
+        "cp-1",
+        f"{curl} -d grant_type=password -d client_id=runai -d username=test@run.ai"
+        f" --data-urlencode password={RUNAI_PASSWORD}"
+        f" https://{RUNAI_DOMAIN}/auth/realms/runai/protocol/openid-connect/token",
+    )
+    token = json.loads(login)["access_token"]
+    data = f" -H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body is not None else ""
+    answer = on(
+        "cp-1",
+        f"{curl} -w '\\n%{{http_code}}' -X {method} -H 'Authorization: Bearer {token}'{data}"
+        f" https://{RUNAI_DOMAIN}{path}",
+    )
+    text, _, status = answer.rpartition("\n")
+    return int(status), text
+
+
+@pytest.fixture(scope="module")
+def first_backup(converged):
+    """`appliance backup --out DIR` on the converged lab, before anything below changes it."""
+    BACKUP_OUT.mkdir(exist_ok=True)
+    for old in BACKUP_OUT.glob("*"):
+        old.unlink()
+    status, _ = runai_api("POST", "/v1/k8s/projects", {"name": "drill-project", "gpus": 2})
+    assert status == 201, status
+    kubectl("create", "configmap", "drill-config", "--from-literal=answer=42")
+    result, summary = appliance_json("backup", "--out", str(BACKUP_OUT))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return summary
+
+
+def test_the_backup_timer_runs_daily_on_the_first_control_plane_node(converged):
+    timers = on("cp-1", "systemctl list-timers --all --no-pager")
+    assert "appliance-backup.timer" in timers and "appliance-certs-renew.timer" in timers, timers
+    assert on("cp-1", "systemctl is-enabled appliance-backup.timer").strip() == "enabled"
+    assert "OnCalendar=*-*-* 02:30:00" in on("cp-1", "systemctl cat appliance-backup.timer")
+    for node in ("worker-1", "worker-2"):  # the first control-plane node only
+        assert (
+            on(node, "systemctl list-timers --all --no-pager | grep -c appliance-backup || true").strip()
+            == "0"
+        )
+
+
+def test_a_backup_holds_what_a_lost_control_plane_needs_and_never_shows_the_passphrase(first_backup):
+    taken = first_backup["data"]["backup"]
+    archive = BACKUP_OUT / taken["name"]
+    assert taken["name"].startswith("labsite-") and taken["name"].endswith(".backup")
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert on("cp-1", f"stat -c '%a %U' /var/backups/appliance/{taken['name']}").split() == ["600", "root"]
+    assert on("cp-1", "stat -c '%a' /var/backups/appliance /etc/appliance/backup/passphrase").split() == [
+        "700",
+        "600",
+    ]
+    assert taken["etcd_keys"] > 100 and taken["runai_database"] is True
+    assert {"gpu-operator/gpu-operator", "runai-backend/runai-backend", "runai/runai-cluster"} <= set(
+        taken["helm_releases"]
+    )
+    passphrase = PASSPHRASE_FILE.read_text().strip()
+    assert passphrase not in Path(first_backup["log"]).read_text()
+    assert passphrase.encode() not in archive.read_bytes()
+
+    program = backup_program()
+    with tempfile.TemporaryDirectory() as work:
+        manifest, _ = program.verify(archive, passphrase.encode(), Path(work))
+    members = set(manifest["members"])
+    for member in (
+        "etcd/snapshot.db",
+        "pki/ca.key",
+        "pki/etcd/ca.key",
+        "kubeadm/cluster-configuration.yaml",
+        "kubeadm/kubeadm-config.yaml",
+        "kubelet/config.yaml",
+        "helm/runai-backend/runai-backend.values.yaml",
+        "runai/database.dump",
+    ):
+        assert member in members, member
+    assert manifest["etcd"]["status"]["totalKey"] == taken["etcd_keys"]
+    assert manifest["etcd"]["member"] == "cp-1"
+    assert len(manifest["bundle_manifest_sha256"]) == 64
+    assert len(manifest["inventory_sha256"]) == 64
+    assert manifest["ca_sha256"] == hashlib_sha256(on("cp-1", "cat /etc/kubernetes/pki/ca.crt"))
+
+
+def hashlib_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_backup_list_and_verify_show_the_archive_on_the_node_and_here(first_backup):
+    name = first_backup["data"]["backup"]["name"]
+    result, summary = appliance_json("backup", "list", "--out", str(BACKUP_OUT))
+    assert result.returncode == 0, result.stdout[-3000:]
+    archives = summary["data"]["archives"]
+    assert name in [a["name"] for a in archives["cp-1"]] and name in [
+        a["name"] for a in archives["controller"]
+    ]
+    result, summary = appliance_json("backup", "verify", str(BACKUP_OUT / name))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert any(line.startswith(f"{name}: sound") for line in summary["report"]), summary["report"]
+    # By its name alone: the node's copy.
+    result, _ = appliance_json("backup", "verify", name)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_bad_archive_or_passphrase_is_refused_with_one_clear_line(first_backup, tmp_path):
+    name = first_backup["data"]["backup"]["name"]
+    passphrase = PASSPHRASE_FILE.read_text().strip().encode()
+    program = backup_program()
+    # One byte altered in the middle of the etcd snapshot's content (CTR mode: the same byte of the tar).
+    archive = BACKUP_OUT / name
+    _, header_length = program.read_header(archive)
+    program.decrypt(archive, header_length, passphrase, tmp_path / "plain.tar")
+    with tarfile.open(tmp_path / "plain.tar") as tar:
+        member = tar.getmember("etcd/snapshot.db")
+    altered = tmp_path / name
+    data = bytearray(archive.read_bytes())
+    data[header_length + 16 + member.offset_data + member.size // 2] ^= 0x01
+    altered.write_bytes(bytes(data))
+    result, summary = appliance_json("backup", "verify", str(altered))
+    assert result.returncode == 1
+    assert "member etcd/snapshot.db does not match its sha256" in json.dumps(summary["failures"])
+    result, summary = appliance_json("restore", str(altered), "--force")
+    assert result.returncode == 1 and set(changed(summary).values()) == {0}
+    assert "member etcd/snapshot.db does not match its sha256" in json.dumps(summary["failures"])
+    # The wrong passphrase.
+    result, summary = appliance_json(
+        "backup", "verify", str(archive), "-e", "backup_passphrase=not-the-lab-passphrase"
+    )
+    assert result.returncode == 1
+    assert "the passphrase does not open" in json.dumps(summary["failures"])
+    # Another cluster's archive: the same members, but the CA (and its sha256) of another cluster.
+    with tempfile.TemporaryDirectory() as work:
+        manifest, tar_path = program.verify(archive, passphrase, Path(work))
+        other = tmp_path / "other"
+        other.mkdir()
+        collector = program.Collector(other / "archive.tar")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(other / "ca.key"), "-out", str(other / "ca.crt"), "-subj", "/CN=kubernetes",
+             "-days", "30"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        with tarfile.open(tar_path) as tar:
+            for item in tar.getmembers()[1:]:
+                content = (
+                    (other / "ca.crt").read_bytes()
+                    if item.name == "pki/ca.crt"
+                    else (tar.extractfile(item).read())
+                )
+                collector.add_bytes(item.name, content)
+        foreign = {key: value for key, value in manifest.items() if key != "members"}
+        foreign["ca_sha256"] = hashlib_sha256((other / "ca.crt").read_text())
+        collector.finish(foreign)
+        stranger = tmp_path / name
+        stranger.unlink()
+        program.encrypt(other / "archive.tar", stranger, passphrase, manifest["cluster"], manifest["created"])
+    result, summary = appliance_json("restore", str(stranger))
+    assert result.returncode == 1 and set(changed(summary).values()) == {0}
+    assert "is not of this cluster: its CA" in json.dumps(summary["failures"])
+
+
+def test_backup_out_on_a_full_or_read_only_directory_fails_and_leaves_nothing(first_backup, tmp_path):
+    full, read_only = tmp_path / "full", tmp_path / "read-only"
+    for directory, options in ((full, "size=64k"), (read_only, "size=1m,ro")):
+        directory.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        result, summary = appliance_json("backup", "--out", str(full))
+        assert result.returncode == 1
+        assert "copying it to" in json.dumps(summary["failures"]), summary.get("failures")
+        assert list(full.iterdir()) == []
+        result, summary = appliance_json("backup", "--out", str(read_only))
+        assert result.returncode == 1
+        assert f"--out {read_only}: not writable" in json.dumps(summary["failures"])
+        assert list(read_only.iterdir()) == []
+    finally:
+        for directory in (full, read_only):
+            subprocess.run(["umount", str(directory)], check=False)
+
+
+def pod_settled(pod: dict) -> bool:
+    """Completed, or Running with every container ready."""
+    status = pod["status"]
+    if status["phase"] == "Succeeded":
+        return True
+    return status["phase"] == "Running" and all(c["ready"] for c in status.get("containerStatuses", []))
+
+
+def node_identities() -> dict[str, str]:
+    return {n["metadata"]["name"]: n["metadata"]["uid"] for n in kube_json("get", "nodes")["items"]}
+
+
+def kubelet_client_serials() -> dict[str, str]:
+    return {
+        node: on(node, "openssl x509 -noout -serial -in /var/lib/kubelet/pki/kubelet-client-current.pem")
+        for node in ("worker-1", "worker-2")
+    }
+
+
+def test_disaster_drill_a_wiped_control_plane_comes_back_from_the_archive(first_backup):
+    """The ConfigMap and the Run:ai project of the backup, deleted, then cp-1 wiped: restore brings both
+    back, every node Ready as the same node (same UID, the workers' kubelet certificates unchanged: no
+    rejoin), every pod Running, and the admin logs in with the inventory's password."""
+    archive = BACKUP_OUT / first_backup["data"]["backup"]["name"]
+    kubectl("delete", "configmap", "drill-config")
+    status, _ = runai_api("DELETE", "/v1/k8s/projects/drill-project")
+    assert status in (200, 204), status
+    assert runai_api("GET", "/v1/k8s/projects/drill-project")[0] == 404
+    identities, serials = node_identities(), kubelet_client_serials()
+
+    on("cp-1", f"kubeadm reset --force --cri-socket {CRI_SOCKET} && rm -rf /var/lib/etcd /etc/kubernetes/pki")
+    result, summary = appliance_json("restore", str(archive), "--force", timeout=3600)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr
+
+    assert kube_json("get", "configmap", "drill-config")["data"] == {"answer": "42"}
+    status, body = runai_api("GET", "/v1/k8s/projects/drill-project")
+    assert status == 200 and json.loads(body)["name"] == "drill-project"
+    assert node_identities() == identities
+    assert kubelet_client_serials() == serials
+    for node in kube_json("get", "nodes")["items"]:
+        ready = [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready == ["True"], node["metadata"]["name"]
+    deadline = time.monotonic() + 600
+    while True:
+        pods = kube_json("get", "pods", "--all-namespaces")["items"]
+        waiting = [p["metadata"]["name"] for p in pods if not pod_settled(p)]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(10)
+    assert waiting == [], waiting
+    assert runai_login(RUNAI_PASSWORD) == "200"
+    assert any("Run:ai database: restored into runai-backend/" in line for line in summary["report"])
+
+    # The control plane is healthy now: a restore without --force is refused before any change.
+    again, summary = appliance_json("restore", str(archive))
+    assert again.returncode == 1 and set(changed(summary).values()) == {0}
+    assert "is healthy (its API server answers /readyz)" in json.dumps(summary["failures"])
+    kubectl("delete", "configmap", "drill-config")
