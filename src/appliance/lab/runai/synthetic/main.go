@@ -3,21 +3,20 @@
 //
 // One static binary serves every image of the synthetic air-gapped tarball:
 //
-//	runai-synthetic backend ...   the control plane: a web page, /version and a Keycloak-like login
+//	runai-synthetic backend ...   the control plane: a web page, /version, a Keycloak-like login and a
+//	                              projects API, its users and projects in PostgreSQL (store.go)
 //	runai-synthetic proxy ...     TLS reverse proxy in front of the backend (the chart's ingress controller)
 //	runai-synthetic agent ...     the Run:ai cluster's connection to its control plane
 //	runai ...                     (the binary called as `runai`) the researcher CLI: version, completion, whoami
 //
-// Standard library only: the bundle is built air-gapped and the module proxy is not a dependency.
+// The standard library and github.com/lib/pq only (pinned by go.sum, fetched through the module proxy
+// into the builder's cache; never vendored).
 package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -32,6 +31,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -41,13 +41,12 @@ import (
 var version = "dev"
 
 const (
-	realm             = "runai"
-	clientID          = "runai"
-	adminUsername     = "test@run.ai"
-	adminUserID       = "6f1c2d3e-4a5b-4c6d-8e7f-900000000001" // fixed: the roles look it up by username
-	defaultPassword   = "password"                             // Run:ai's well-known default, until changed
-	tokenLifetime     = 300 * time.Second
-	serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+	realm           = "runai"
+	clientID        = "runai"
+	adminUsername   = "test@run.ai"
+	adminUserID     = "6f1c2d3e-4a5b-4c6d-8e7f-900000000001" // fixed: the roles look it up by username
+	defaultPassword = "password"                             // Run:ai's well-known default, until changed
+	tokenLifetime   = 300 * time.Second
 )
 
 func main() {
@@ -125,199 +124,22 @@ func serveTLS(listen, certFile, keyFile string, handler http.Handler) error {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The admin password, kept in a Kubernetes Secret through the API server's REST API.
-
-// kubeClient talks to the API server with the pod's service-account token (re-read on every request:
-// projected tokens rotate).
-type kubeClient struct {
-	api       string
-	tokenFile string
-	http      *http.Client
-}
-
-func newKubeClient(api, tokenFile, caFile string) (*kubeClient, error) {
-	if api == "" {
-		host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
-		if host == "" || port == "" {
-			return nil, errors.New("not in a pod (KUBERNETES_SERVICE_HOST/PORT unset) and no --kube-api given")
-		}
-		if strings.Contains(host, ":") {
-			host = "[" + host + "]" // IPv6
-		}
-		api = "https://" + host + ":" + port
-	}
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	if caFile != "" && strings.HasPrefix(api, "https://") {
-		pool, err := loadCertPool(caFile)
-		if err != nil {
-			return nil, err
-		}
-		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return &kubeClient{
-		api:       strings.TrimSuffix(api, "/"),
-		tokenFile: tokenFile,
-		http:      &http.Client{Transport: transport, Timeout: 15 * time.Second},
-	}, nil
-}
-
-func loadCertPool(caFile string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
-	}
-	return pool, nil
-}
-
-// do sends METHOD PATH with BODY (JSON when not nil) and returns the status and the response body.
-func (k *kubeClient) do(method, path string, body any) (int, []byte, error) {
-	var reader io.Reader
-	if body != nil {
-		encoded, err := json.Marshal(body)
-		if err != nil {
-			return 0, nil, err
-		}
-		reader = bytes.NewReader(encoded)
-	}
-	request, err := http.NewRequest(method, k.api+path, reader)
-	if err != nil {
-		return 0, nil, err
-	}
-	request.Header.Set("Accept", "application/json")
-	if body != nil {
-		request.Header.Set("Content-Type", "application/json")
-	}
-	if k.tokenFile != "" {
-		token, err := os.ReadFile(k.tokenFile)
-		if err != nil {
-			return 0, nil, fmt.Errorf("service-account token: %w", err)
-		}
-		request.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-	}
-	response, err := k.http.Do(request)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer response.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(response.Body, 1<<20))
-	return response.StatusCode, data, err
-}
-
-// secret is the part of a core/v1 Secret the store reads and writes; data values are base64 in JSON,
-// which encoding/json does for []byte.
-type secret struct {
-	APIVersion string            `json:"apiVersion"`
-	Kind       string            `json:"kind"`
-	Metadata   map[string]any    `json:"metadata"`
-	Type       string            `json:"type,omitempty"`
-	Data       map[string][]byte `json:"data"`
-}
-
-// passwordStore keeps the admin's salted sha256 in Secret NAME of NAMESPACE; no cache, so every pod
-// (and a restarted one) sees the current password.
-type passwordStore struct {
-	kube      *kubeClient
-	namespace string
-	name      string
-}
-
-func (s *passwordStore) secretPath() string {
-	return "/api/v1/namespaces/" + url.PathEscape(s.namespace) + "/secrets/" + url.PathEscape(s.name)
-}
-
-// read returns the Secret, or nil when it does not exist.
-func (s *passwordStore) read() (*secret, error) {
-	status, body, err := s.kube.do(http.MethodGet, s.secretPath(), nil)
-	if err != nil {
-		return nil, err
-	}
-	switch status {
-	case http.StatusOK:
-		var found secret
-		if err := json.Unmarshal(body, &found); err != nil {
-			return nil, fmt.Errorf("secret %s/%s: %w", s.namespace, s.name, err)
-		}
-		return &found, nil
-	case http.StatusNotFound:
-		return nil, nil
-	default:
-		return nil, fmt.Errorf("GET secret %s/%s: HTTP %d", s.namespace, s.name, status)
-	}
-}
-
-func hashPassword(salt, password string) string {
-	sum := sha256.Sum256([]byte(salt + password))
-	return hex.EncodeToString(sum[:])
-}
-
-// check tells whether PASSWORD is the admin's: the default while the Secret does not exist.
-func (s *passwordStore) check(password string) (bool, error) {
-	found, err := s.read()
-	if err != nil {
-		return false, err
-	}
-	if found == nil {
-		return subtle.ConstantTimeCompare([]byte(password), []byte(defaultPassword)) == 1, nil
-	}
-	salt, stored := string(found.Data["salt"]), string(found.Data["password-sha256"])
-	if stored == "" {
-		return false, fmt.Errorf("secret %s/%s has no password-sha256", s.namespace, s.name)
-	}
-	return subtle.ConstantTimeCompare([]byte(hashPassword(salt, password)), []byte(stored)) == 1, nil
-}
-
-// set stores PASSWORD with a new salt: PUT over the existing Secret (its resourceVersion guards against
-// a concurrent write), POST when there is none.
-func (s *passwordStore) set(password string) error {
-	saltBytes := make([]byte, 16)
-	if _, err := rand.Read(saltBytes); err != nil {
-		return err
-	}
-	salt := hex.EncodeToString(saltBytes)
-	data := map[string][]byte{"salt": []byte(salt), "password-sha256": []byte(hashPassword(salt, password))}
-	found, err := s.read()
-	if err != nil {
-		return err
-	}
-	method, path := http.MethodPut, s.secretPath()
-	if found == nil {
-		method = http.MethodPost
-		path = "/api/v1/namespaces/" + url.PathEscape(s.namespace) + "/secrets"
-		found = &secret{
-			APIVersion: "v1",
-			Kind:       "Secret",
-			Type:       "Opaque",
-			Metadata: map[string]any{
-				"name":      s.name,
-				"namespace": s.namespace,
-				"labels":    map[string]string{"app.kubernetes.io/managed-by": "runai-backend"},
-			},
-		}
-	}
-	found.Data = data
-	status, _, err := s.kube.do(method, path, found)
-	if err != nil {
-		return err
-	}
-	if status != http.StatusOK && status != http.StatusCreated {
-		return fmt.Errorf("%s secret %s/%s: HTTP %d", method, s.namespace, s.name, status)
-	}
-	return nil
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // backend: the control plane.
 
-type tokens struct {
-	mu      sync.Mutex
-	expires map[string]time.Time
+type session struct {
+	username string
+	expires  time.Time
 }
 
-func (t *tokens) issue() (string, error) {
+// tokens are the bearer tokens the login issued, in memory: a restarted backend asks for a new login.
+type tokens struct {
+	mu       sync.Mutex
+	sessions map[string]session
+}
+
+func newTokens() *tokens { return &tokens{sessions: map[string]session{}} }
+
+func (t *tokens) issue(username string) (string, error) {
 	raw := make([]byte, 24)
 	if _, err := rand.Read(raw); err != nil {
 		return "", err
@@ -326,43 +148,59 @@ func (t *tokens) issue() (string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := time.Now()
-	for known, expiry := range t.expires {
-		if now.After(expiry) {
-			delete(t.expires, known)
+	for known, held := range t.sessions {
+		if now.After(held.expires) {
+			delete(t.sessions, known)
 		}
 	}
-	t.expires[token] = now.Add(tokenLifetime)
+	t.sessions[token] = session{username: username, expires: now.Add(tokenLifetime)}
 	return token, nil
 }
 
-func (t *tokens) valid(r *http.Request) bool {
+// user returns the user of the request's bearer token, "" when it has none that is valid.
+func (t *tokens) user(r *http.Request) string {
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || token == "" {
-		return false
+		return ""
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	expiry, known := t.expires[token]
-	return known && time.Now().Before(expiry)
+	held, known := t.sessions[token]
+	if !known || !time.Now().Before(held.expires) {
+		return ""
+	}
+	return held.username
 }
+
+func (t *tokens) valid(r *http.Request) bool { return t.user(r) != "" }
 
 type backend struct {
 	version string
-	store   *passwordStore
+	store   *store
 	tokens  *tokens
 }
 
 func (b *backend) routes() http.Handler {
 	mux := http.NewServeMux()
+	// Liveness: the process serves. Readiness (/readyz) also needs the database.
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := b.store.ping(r.Context()); err != nil {
+			http.Error(w, "database not ready", http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprint(w, "ok")
 	})
 	mux.HandleFunc("/version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": b.version})
 	})
-	mux.HandleFunc("/auth/realms/"+realm+"/protocol/openid-connect/token", b.token)
-	mux.HandleFunc("/auth/admin/realms/"+realm+"/users", b.users)
-	mux.HandleFunc("/auth/admin/realms/"+realm+"/users/", b.resetPassword)
+	mux.HandleFunc("/auth/realms/"+realm+"/protocol/openid-connect/token", b.needsData(b.token))
+	mux.HandleFunc("/auth/admin/realms/"+realm+"/users", b.needsData(b.users))
+	mux.HandleFunc("/auth/admin/realms/"+realm+"/users/", b.needsData(b.resetPassword))
+	mux.HandleFunc(projectsPath, b.needsData(b.projects))
+	mux.HandleFunc(projectsPath+"/", b.needsData(b.project))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
@@ -374,6 +212,22 @@ func (b *backend) routes() http.Handler {
 			"<p>A synthetic stand-in built for tests; not Run:ai's software.</p></body></html>\n", b.version)
 	})
 	return mux
+}
+
+// needsData answers 503 until the database's schema is in place.
+func (b *backend) needsData(handler http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !b.store.ready.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "database not ready"})
+			return
+		}
+		handler(w, r)
+	}
+}
+
+func storeFailed(w http.ResponseWriter, err error) {
+	log.Printf("database: %v", err)
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "unknown_error"})
 }
 
 func (b *backend) token(w http.ResponseWriter, r *http.Request) {
@@ -397,15 +251,11 @@ func (b *backend) token(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	matches := false
-	if strings.EqualFold(r.PostForm.Get("username"), adminUsername) {
-		var err error
-		matches, err = b.store.check(r.PostForm.Get("password"))
-		if err != nil {
-			log.Printf("password store: %v", err)
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "unknown_error"})
-			return
-		}
+	username := strings.ToLower(r.PostForm.Get("username"))
+	matches, err := b.store.checkPassword(r.Context(), username, r.PostForm.Get("password"))
+	if err != nil {
+		storeFailed(w, err)
+		return
 	}
 	if !matches {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{
@@ -413,7 +263,7 @@ func (b *backend) token(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	token, err := b.tokens.issue()
+	token, err := b.tokens.issue(username)
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "unknown_error"})
 		return
@@ -433,8 +283,7 @@ type user struct {
 	Enabled  bool   `json:"enabled"`
 }
 
-// users answers GET .../users?username=U with the matching users (Keycloak matches case-insensitively;
-// usernames are stored lower-case).
+// users answers GET .../users?username=U with the matching users (Keycloak matches case-insensitively).
 func (b *backend) users(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method_not_allowed"})
@@ -444,10 +293,10 @@ func (b *backend) users(w http.ResponseWriter, r *http.Request) {
 		unauthorized(w)
 		return
 	}
-	found := []user{}
-	wanted := r.URL.Query().Get("username")
-	if wanted == "" || strings.EqualFold(wanted, adminUsername) {
-		found = append(found, user{ID: adminUserID, Username: adminUsername, Enabled: true})
+	found, err := b.store.findUsers(r.Context(), r.URL.Query().Get("username"))
+	if err != nil {
+		storeFailed(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, found)
 }
@@ -468,10 +317,6 @@ func (b *backend) resetPassword(w http.ResponseWriter, r *http.Request) {
 		unauthorized(w)
 		return
 	}
-	if id != adminUserID {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "User not found"})
-		return
-	}
 	var credential struct {
 		Type      string `json:"type"`
 		Value     string `json:"value"`
@@ -484,12 +329,114 @@ func (b *backend) resetPassword(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	if err := b.store.set(credential.Value); err != nil {
-		log.Printf("password store: %v", err)
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "unknown_error"})
+	switch err := b.store.setPassword(r.Context(), id, credential.Value); {
+	case errors.Is(err, errNotFound):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "User not found"})
+	case err != nil:
+		storeFailed(w, err)
+	default:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// The projects API: POST and GET on projectsPath, GET and DELETE on projectsPath/NAME, with a bearer token.
+const projectsPath = "/v1/k8s/projects"
+
+// A project's name becomes part of its namespace's (runai-NAME): a DNS label of at most 57 characters.
+var projectName = regexp.MustCompile(`^[a-z]([-a-z0-9]{0,55}[a-z0-9])?$`)
+
+const maxProjectGPUs = 100000
+
+func (b *backend) projects(w http.ResponseWriter, r *http.Request) {
+	username := b.tokens.user(r)
+	if username == "" {
+		unauthorized(w)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	switch r.Method {
+	case http.MethodGet:
+		found, err := b.store.listProjects(r.Context())
+		if err != nil {
+			storeFailed(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, found)
+	case http.MethodPost:
+		var wanted struct {
+			Name string   `json:"name"`
+			GPUs *float64 `json:"gpus"`
+		}
+		decoder := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
+		decoder.DisallowUnknownFields()
+		if err := decoder.Decode(&wanted); err != nil {
+			badRequest(w, `expected {"name": "...", "gpus": N}: `+err.Error())
+			return
+		}
+		if !projectName.MatchString(wanted.Name) {
+			badRequest(w, fmt.Sprintf("project name %q: lower-case letters, digits and '-', starting with a "+
+				"letter, not ending with '-', at most 57 characters", wanted.Name))
+			return
+		}
+		if wanted.GPUs == nil || *wanted.GPUs < 0 || *wanted.GPUs > maxProjectGPUs {
+			badRequest(w, fmt.Sprintf("gpus is required: a number from 0 to %d", maxProjectGPUs))
+			return
+		}
+		created, err := b.store.createProject(r.Context(), wanted.Name, *wanted.GPUs, username)
+		if errors.Is(err, errDuplicate) {
+			writeJSON(w, http.StatusConflict, map[string]string{
+				"error": "conflict", "error_description": fmt.Sprintf("project %q exists", wanted.Name),
+			})
+			return
+		}
+		if err != nil {
+			storeFailed(w, err)
+			return
+		}
+		w.Header().Set("Location", projectsPath+"/"+created.Name)
+		writeJSON(w, http.StatusCreated, created)
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method_not_allowed"})
+	}
+}
+
+func (b *backend) project(w http.ResponseWriter, r *http.Request) {
+	if b.tokens.user(r) == "" {
+		unauthorized(w)
+		return
+	}
+	name := strings.TrimPrefix(r.URL.Path, projectsPath+"/")
+	if !projectName.MatchString(name) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "project not found"})
+		return
+	}
+	var err error
+	switch r.Method {
+	case http.MethodGet:
+		var found project
+		if found, err = b.store.getProject(r.Context(), name); err == nil {
+			writeJSON(w, http.StatusOK, found)
+			return
+		}
+	case http.MethodDelete:
+		if err = b.store.deleteProject(r.Context(), name); err == nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	default:
+		w.Header().Set("Allow", "GET, DELETE")
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method_not_allowed"})
+		return
+	}
+	if errors.Is(err, errNotFound) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "project not found"})
+		return
+	}
+	storeFailed(w, err)
+}
+
+func badRequest(w http.ResponseWriter, description string) {
+	writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": description})
 }
 
 func backendMain(args []string) error {
@@ -497,28 +444,22 @@ func backendMain(args []string) error {
 	listen := flags.String("listen", ":8443", "address to serve HTTPS on")
 	certFile := flags.String("tls-cert", "", "TLS certificate (PEM)")
 	keyFile := flags.String("tls-key", "", "TLS private key (PEM)")
-	namespace := flags.String("namespace", "runai-backend", "namespace of the admin password's Secret")
-	adminSecret := flags.String("admin-secret", "runai-backend-admin", "name of the admin password's Secret")
+	database := flags.String("database", "",
+		"PostgreSQL connection string (default: libpq's PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE)")
+	retry := flags.Duration("database-retry", 2*time.Second, "time between attempts to reach the database")
 	shownVersion := flags.String("version", version, "version the control plane reports")
-	// Outside a pod (tests), these point the password store at another API server.
-	kubeAPI := flags.String("kube-api", "", "Kubernetes API URL (default: the in-cluster service)")
-	kubeToken := flags.String("kube-token-file", serviceAccountDir+"/token", "bearer token file ('' for none)")
-	kubeCA := flags.String("kube-ca-file", serviceAccountDir+"/ca.crt", "CA of the Kubernetes API")
 	_ = flags.Parse(args)
 	if *certFile == "" || *keyFile == "" {
 		return errors.New("--tls-cert and --tls-key are required")
 	}
-	kube, err := newKubeClient(*kubeAPI, *kubeToken, *kubeCA)
+	data, err := openStore(*database)
 	if err != nil {
 		return err
 	}
-	server := &backend{
-		version: *shownVersion,
-		store:   &passwordStore{kube: kube, namespace: *namespace, name: *adminSecret},
-		tokens:  &tokens{expires: map[string]time.Time{}},
-	}
-	log.Printf("Run:ai control plane (synthetic) %s; admin password in secret %s/%s",
-		*shownVersion, *namespace, *adminSecret)
+	server := &backend{version: *shownVersion, store: data, tokens: newTokens()}
+	// Serve at once (liveness), ready only once the database answers: it may start after the backend.
+	go func() { _ = data.waitReady(context.Background(), *retry) }()
+	log.Printf("Run:ai control plane (synthetic) %s; data in PostgreSQL", *shownVersion)
 	return serveTLS(*listen, *certFile, *keyFile, server.routes())
 }
 
@@ -587,6 +528,18 @@ func (s *agentState) ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.connected
+}
+
+func loadCertPool(caFile string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	return pool, nil
 }
 
 func pollVersion(client *http.Client, backendURL, clusterUID string) (string, error) {
