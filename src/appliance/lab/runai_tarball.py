@@ -2,16 +2,22 @@
 
 Run:ai's tarball is proprietary and cannot be in this repository. This one has its layout (deploy/ with
 images.tar, images.txt, prepare_installation.sh, the two charts and the CLI), but its charts run
-runai-synthetic (lab/runai/synthetic, Go standard library only): a control plane with a Keycloak-like
-login for the default admin, a TLS proxy and a cluster agent. Every image is the same scratch image
-holding that binary.
+runai-synthetic (lab/runai/synthetic, Go with github.com/lib/pq): a control plane with a Keycloak-like
+login and a projects API, a TLS proxy and a cluster agent; the backend, ingress controller and agent
+images are one scratch image holding that binary. The control plane keeps its users and projects in
+PostgreSQL, as Run:ai's does: the postgresql image is Debian's postgresql-15 on the bundle's Debian base
+(lab/runai/postgresql), so backups and restores run the real pg_dump and pg_restore.
+
+Go modules come from the module proxy (GOPROXY, default https://proxy.golang.org), checked against the
+committed go.sum, into <cache>/runai-synthetic/gomodcache: never into the work tree.
 
 The result is cached under <cache>/runai-synthetic/<version>-<digest of the sources> and linked or copied
 to the output directory; a change to any source (or to this builder) builds anew.
 
-The image is built with a temporary tag and tagged gcr.io/run-ai-prod/...:VERSION only for `docker save`;
-afterwards those tags are removed again, or moved back to the image they named before, so the local
-docker is left as it was.
+The images are built with temporary or recipe tags and tagged gcr.io/run-ai-prod/...:VERSION only for
+`docker save`; afterwards those tags are removed again, or moved back to the image they named before, so
+the local docker is left as it was. The postgresql image stays as appliance-runai-postgresql:<recipe> (its
+Dockerfile, entrypoint and base), so a change to the Go sources does not reinstall PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,13 +38,19 @@ from pathlib import Path
 import yaml
 
 from appliance import paths
+from appliance.bundle import images as bundle_images
 from appliance.errors import ApplianceError
 from appliance.lab import docker
 
 SOURCES = Path(__file__).resolve().parent / "runai"
+POSTGRESQL_SOURCES = SOURCES / "postgresql"  # Dockerfile and entrypoint.sh of the postgresql image
 DEFAULT_VERSION = "2.9.0"
 REGISTRY = "gcr.io/run-ai-prod"
-IMAGES = ("backend", "nginx-ingress-controller", "agent")
+SYNTHETIC_IMAGES = ("backend", "nginx-ingress-controller", "agent")  # one image, runai-synthetic
+POSTGRESQL_IMAGE = "postgresql"
+IMAGES = (*SYNTHETIC_IMAGES, POSTGRESQL_IMAGE)
+POSTGRESQL_REPOSITORY = "appliance-runai-postgresql"
+DEFAULT_GOPROXY = "https://proxy.golang.org"
 CHARTS = ("runai-backend", "runai-cluster")
 MTIME = 1_640_995_200  # 2022-01-01T00:00:00Z: fixed member times make the archives reproducible
 FORMAT = 1  # bump when the tarball's layout changes without a change in the sources
@@ -50,15 +62,16 @@ This is a stand-in built by the appliance project (`appliance lab runai-tarball`
 roles. It is NOT Run:ai's software and contains none of it: it has the layout of Run:ai's air-gapped
 tarball, and its charts run one small synthetic binary (runai-synthetic) that answers a few of the
 questions the roles ask (a web page, /version, a Keycloak-like login for the default admin test@run.ai,
-the cluster's connection to its control plane).
+a projects API, the cluster's connection to its control plane), and Debian's PostgreSQL 15, where that
+binary keeps its users and projects.
 """
 
 Log = Callable[[str], None]
 
 
-def image_references(version: str) -> list[str]:
-    """The tarball's images, as images.txt lists them."""
-    return [f"{REGISTRY}/{name}:{version}" for name in IMAGES]
+def image_references(version: str, names: tuple[str, ...] = IMAGES) -> list[str]:
+    """The tarball's images (or those of NAMES), as images.txt lists them."""
+    return [f"{REGISTRY}/{name}:{version}" for name in names]
 
 
 def tarball_name(version: str) -> str:
@@ -160,20 +173,26 @@ def _go() -> str:
     return found
 
 
-def _go_build(version: str, out: Path, log: Log) -> Path:
-    """The static linux/amd64 runai-synthetic with VERSION; GOPROXY=off keeps it to the standard library."""
-    out.mkdir(parents=True, exist_ok=True)
-    binary = out / "runai-synthetic"
-    env = {
+def go_env() -> dict[str, str]:
+    """The environment of every go command on runai-synthetic (build, vet, test): a static build, modules
+    from the proxy as go.sum pins them (-mod=readonly: go.mod and go.sum are never rewritten), and the
+    build and module caches under the runai-synthetic cache (-modcacherw: a cache one can delete)."""
+    return {
         **os.environ,
         "CGO_ENABLED": "0",
-        "GOOS": "linux",
-        "GOARCH": "amd64",
         "GOTOOLCHAIN": "local",
-        "GOFLAGS": "-trimpath",
-        "GOPROXY": "off",
+        "GOFLAGS": "-trimpath -mod=readonly -modcacherw",
+        "GOPROXY": os.environ.get("GOPROXY") or DEFAULT_GOPROXY,
         "GOCACHE": str(cache_root() / "gocache"),
+        "GOMODCACHE": str(cache_root() / "gomodcache"),
     }
+
+
+def _go_build(version: str, out: Path, log: Log) -> Path:
+    """The static linux/amd64 runai-synthetic with VERSION."""
+    out.mkdir(parents=True, exist_ok=True)
+    binary = out / "runai-synthetic"
+    env = {**go_env(), "GOOS": "linux", "GOARCH": "amd64"}
     log(f"go: building runai-synthetic {version}")
     command = [_go(), "build", "-buildvcs=false", "-ldflags", f"-s -w -buildid= -X main.version={version}"]
     result = subprocess.run(
@@ -201,18 +220,22 @@ LABEL org.opencontainers.image.title="runai-synthetic" \\
 
 
 def _docker_images(version: str, binary: Path, images_tar: Path, log: Log) -> None:
-    """Build the one image, save it as IMAGES' three references, and leave the local tags as they were."""
+    """Build the runai-synthetic image and the postgresql image, save them under IMAGES' references, and
+    leave the local tags as they were."""
     docker.require_engine()
+    postgresql = postgresql_image(log)
     context = binary.parent
     (context / "Dockerfile").write_text(DOCKERFILE)
     build_tag = f"appliance-runai-synthetic-build:{version}-{os.getpid()}"
     log(f"docker: building the image {build_tag}")
     docker.docker("build", "--quiet", "--tag", build_tag, str(context))
+    sources = {ref: build_tag for ref in image_references(version, SYNTHETIC_IMAGES)}
+    sources.update({ref: postgresql for ref in image_references(version, (POSTGRESQL_IMAGE,))})
     references = image_references(version)
     before = {ref: _image_id(ref) for ref in references}
     try:
         for ref in references:
-            docker.docker("tag", build_tag, ref)
+            docker.docker("tag", sources[ref], ref)
         log("docker: saving images.tar")
         docker.docker("save", "--output", str(images_tar), *references)
     finally:
@@ -222,6 +245,40 @@ def _docker_images(version: str, binary: Path, images_tar: Path, log: Log) -> No
             else:
                 docker.docker("tag", previous, ref, check=False)
         docker.docker("rmi", build_tag, check=False)
+
+
+def postgresql_image(log: Log = lambda line: None) -> str:
+    """The local tag of the postgresql image, built first when its recipe (Dockerfile, entrypoint and the
+    Debian base's image id) has none: Debian's postgresql-15, installed from Debian's archive with apt."""
+    base = bundle_images.ensure_base(log)
+    recipe = hashlib.sha256(f"base {base.id}\n".encode())
+    for name in ("Dockerfile", "entrypoint.sh"):
+        recipe.update(f"{name}\n".encode() + (POSTGRESQL_SOURCES / name).read_bytes())
+    tag = f"{POSTGRESQL_REPOSITORY}:{recipe.hexdigest()[:12]}"
+    if _image_id(tag) is not None:
+        return tag
+    log(f"docker: building {tag} (Debian's postgresql-15 on {base.tag}, from {bundle_images.MIRROR})")
+    with tempfile.TemporaryDirectory(prefix="appliance-runai-postgresql-") as tmp:
+        context = Path(tmp)
+        for name, mode in (("Dockerfile", 0o644), ("entrypoint.sh", 0o755)):
+            shutil.copyfile(POSTGRESQL_SOURCES / name, context / name)
+            (context / name).chmod(mode)
+        # The classic builder: it never pulls a FROM image that exists locally (BuildKit would look it up).
+        label = f"{bundle_images.RECIPE_LABEL}={tag.rsplit(':', 1)[1]}"
+        command = [docker.binary(), "build", "--quiet", "--force-rm", "--build-arg", f"BASE={base.tag}"]
+        result = subprocess.run(
+            [*command, "--label", label, "--tag", tag, str(context)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            check=False,
+        )
+    if result.returncode != 0:
+        # The docker CLI warns on every classic build that it is deprecated; that is not the failure.
+        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+        lines = [line for line in lines if not any(noise in line for noise in ("DEPRECATED", "BuildKit"))]
+        raise ApplianceError(f"docker build of {tag} failed: {' | '.join(lines[-3:]) or 'no output'}")
+    return tag
 
 
 def _image_id(reference: str) -> str | None:

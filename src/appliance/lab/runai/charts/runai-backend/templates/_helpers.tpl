@@ -19,6 +19,15 @@
 {{- if and .Values.nfs.server (not .Values.nfs.path) -}}
 {{- fail (printf "nfs.path is required with nfs.server %q: the exported path, for example /export/runai" .Values.nfs.server) -}}
 {{- end -}}
+{{- if not (regexMatch "^[1-9][0-9]*(Mi|Gi|Ti)$" (toString .Values.postgresql.storage)) -}}
+{{- fail (printf "postgresql.storage %q must be a size like 2Gi (a whole number of Mi, Gi or Ti)" (toString .Values.postgresql.storage)) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z_][a-z0-9_]{0,62}$" (toString .Values.postgresql.user)) -}}
+{{- fail (printf "postgresql.user %q must be a lower-case SQL name like runai" (toString .Values.postgresql.user)) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z_][a-z0-9_]{0,62}$" (toString .Values.postgresql.database)) -}}
+{{- fail (printf "postgresql.database %q must be a lower-case SQL name like runai" (toString .Values.postgresql.database)) -}}
+{{- end -}}
 {{- if hasPrefix "http" (include "runai-backend.domain" .) -}}
 {{- fail (printf "global.domain %q must be a DNS name, not a URL" .Values.global.domain) -}}
 {{- end -}}
@@ -35,6 +44,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/* Changes when the certificate, its key or CA change, so the pods roll and serve the new one. */}}
 {{- define "runai-backend.tlsChecksum" -}}
 {{- printf "%s\n%s\n%s" .Values.tls.cert .Values.tls.key (.Values.tls.caCert | default "") | sha256sum -}}
+{{- end -}}
+
+{{/* The NFS PersistentVolume of the database: cluster-wide, so it carries the namespace. */}}
+{{- define "runai-backend.postgresqlVolume" -}}
+{{- printf "runai-backend-postgresql-%s" .Release.Namespace -}}
 {{- end -}}
 
 {{/* Pod settings both Deployments share. */}}
