@@ -27,6 +27,17 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Debian's PostgreSQL server programs for the tests of the synthetic Run:ai backend, which start throwaway
+# clusters of their own: no cluster "main" and no server running for the machine (create_main_cluster).
+pg_bin=/usr/lib/postgresql/15/bin
+if [ ! -x "$pg_bin/initdb" ] || [ ! -x "$pg_bin/pg_dump" ]; then
+  echo "setup: installing postgresql-15 from Debian's archive (server programs for tests, no cluster)"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+  $sudo sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+fi
+
 # A docker engine: the system's service where systemd runs it, else dockerd in the background
 # (machines of this kind boot without an engine and without systemd as PID 1).
 if ! docker info >/dev/null 2>&1; then

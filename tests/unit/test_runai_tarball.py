@@ -1,31 +1,37 @@
-"""The synthetic Run:ai air-gapped tarball: its layout, images, charts and CLI, the backend's login, and
-module runai_admin_password against that backend.
+"""The synthetic Run:ai air-gapped tarball: its layout, images, charts and CLI, the backend's login and
+projects API, module runai_admin_password against that backend, and its PostgreSQL image (dump, restore,
+restart on a volume).
 
-Builds with go and docker (about a minute the first time, then from the cache); skipped without them.
+Builds with go and docker (about two minutes the first time, then from the cache); skipped without them.
+The backend runs against a real PostgreSQL: a throwaway cluster made here with the server programs of
+Debian's postgresql-15 (scripts/setup-host.sh installs it), as user postgres when the tests run as root.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import glob
 import hashlib
 import ipaddress
 import json
 import os
+import pwd
+import secrets
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import tarfile
-import threading
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import yaml
@@ -52,7 +58,9 @@ IMAGES = [
     f"gcr.io/run-ai-prod/backend:{VERSION}",
     f"gcr.io/run-ai-prod/nginx-ingress-controller:{VERSION}",
     f"gcr.io/run-ai-prod/agent:{VERSION}",
+    f"gcr.io/run-ai-prod/postgresql:{VERSION}",
 ]
+SYNTHETIC_IMAGES = IMAGES[:3]
 
 
 def _can_build() -> str | None:
@@ -114,19 +122,35 @@ def test_the_cache_key_changes_with_any_source(tmp_path: Path) -> None:
     shutil.copytree(runai_tarball.SOURCES, sources)
     before = runai_tarball.source_digest(sources)
     assert runai_tarball.source_digest(sources) == before
-    with open(sources / "charts" / "runai-cluster" / "values.yaml", "a") as values:
-        values.write("# changed\n")
-    assert runai_tarball.source_digest(sources) != before
+    seen = {before}
+    for changed in ("charts/runai-cluster/values.yaml", "synthetic/go.sum", "postgresql/entrypoint.sh"):
+        with open(sources / changed, "a") as source:
+            source.write("# changed\n")
+        digest = runai_tarball.source_digest(sources)
+        assert digest not in seen, changed
+        seen.add(digest)
 
 
-def test_images_tar_holds_one_image_under_the_three_references(deploy: Path) -> None:
+def test_images_tar_holds_the_synthetic_image_under_three_references_and_postgresql(deploy: Path) -> None:
     with tarfile.open(deploy / "images.tar") as archive:
         manifest = json.load(archive.extractfile("manifest.json"))
-        assert len(manifest) == 1
-        assert sorted(manifest[0]["RepoTags"]) == sorted(IMAGES)
-        config = json.load(archive.extractfile(manifest[0]["Config"]))["config"]
-    assert config["User"] == "65534"
-    assert config["Entrypoint"] == ["/runai-synthetic"]
+        assert sorted(sorted(entry["RepoTags"]) for entry in manifest) == [
+            sorted(SYNTHETIC_IMAGES),
+            [f"gcr.io/run-ai-prod/postgresql:{VERSION}"],
+        ]
+        configs = {
+            entry["RepoTags"][0].split("/")[-1].split(":")[0]: json.load(archive.extractfile(entry["Config"]))
+            for entry in manifest
+        }
+    synthetic = configs["backend"]["config"]
+    assert synthetic["User"] == "65534"
+    assert synthetic["Entrypoint"] == ["/runai-synthetic"]
+    postgresql = configs["postgresql"]["config"]
+    assert postgresql["User"] == "999:999"
+    assert postgresql["Entrypoint"] == ["/usr/local/bin/runai-postgresql-entrypoint"]
+    environment = dict(line.split("=", 1) for line in postgresql["Env"])
+    assert environment["PATH"].startswith("/usr/lib/postgresql/15/bin:")
+    assert environment["PGDATA"] == "/var/lib/postgresql/data/pgdata"
 
 
 def test_the_cli_reports_its_version_completion_and_user(binary: Path, tmp_path: Path) -> None:
@@ -208,7 +232,9 @@ def test_backend_chart_renders_its_deployments_from_the_given_registry(deploy: P
     assert ingress["ports"] == [{"name": "https", "port": 443, "targetPort": 8443}]
     assert objects[("Secret", "runai-backend-tls")]["type"] == "kubernetes.io/tls"
     assert objects[("ConfigMap", "runai-backend-config")]["data"]["airgapped"] == "true"
-    assert all(doc["metadata"]["namespace"] == "runai-backend" for doc in objects.values())
+    namespaced = [doc for (kind, _), doc in objects.items() if kind != "PersistentVolume"]
+    assert all(doc["metadata"]["namespace"] == "runai-backend" for doc in namespaced)
+    assert not [key for key in objects if key[0] in ("Role", "RoleBinding")]
     pod = objects[("Deployment", "runai-backend-backend")]["spec"]["template"]
     assert pod["spec"]["nodeSelector"] == {"node-role.kubernetes.io/runai-system": "true"}
     assert pod["spec"]["securityContext"]["runAsUser"] == 65534
@@ -219,10 +245,73 @@ def test_backend_chart_renders_its_deployments_from_the_given_registry(deploy: P
     assert rolled_pod["metadata"]["annotations"][checksum] != pod["metadata"]["annotations"][checksum]
 
 
+def test_backend_chart_runs_postgresql_on_a_claim_of_the_storage_class(deploy: Path) -> None:
+    values = {**BACKEND_VALUES, "nfs": {"server": "", "path": ""}, "storageClass": "x"}
+    objects = _objects(_helm(deploy / f"runai-backend-{VERSION}.tgz", values, "runai-backend"))
+    assert not [key for key in objects if key[0] == "PersistentVolume"]
+    statefulset = objects[("StatefulSet", "runai-backend-postgresql")]["spec"]
+    assert statefulset["replicas"] == 1
+    assert statefulset["serviceName"] == "runai-backend-postgresql"
+    [claim] = statefulset["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["storageClassName"] == "x"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    pod = statefulset["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == f"{REGISTRY}/postgresql:{VERSION}"
+    assert {"name": "data", "mountPath": "/var/lib/postgresql/data"} in container["volumeMounts"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 999,
+        "runAsGroup": 999,
+        "fsGroup": 999,
+    }
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = objects[("Service", "runai-backend-postgresql")]["spec"]
+    assert service["ports"] == [{"name": "postgresql", "port": 5432, "targetPort": 5432}]
+    # A random password when none is given (helm template cannot read the installed Secret back).
+    password = base64.b64decode(objects[("Secret", "runai-backend-postgresql")]["data"]["password"]).decode()
+    assert len(password) == 32 and password.isalnum()
+    secret_ref = {"secretKeyRef": {"name": "runai-backend-postgresql", "key": "password"}}
+    database_env = {env["name"]: env.get("value", env.get("valueFrom")) for env in container["env"]}
+    assert database_env == {
+        "POSTGRES_USER": "runai", "POSTGRES_DB": "runai", "POSTGRES_PASSWORD": secret_ref,
+        "PGDATA": "/var/lib/postgresql/data/pgdata",
+    }  # fmt: skip
+    backend = objects[("Deployment", "runai-backend-backend")]["spec"]["template"]["spec"]["containers"][0]
+    backend_env = {env["name"]: env.get("value", env.get("valueFrom")) for env in backend["env"]}
+    assert backend_env == {
+        "PGHOST": "runai-backend-postgresql.runai-backend.svc", "PGPORT": "5432", "PGDATABASE": "runai",
+        "PGUSER": "runai", "PGPASSWORD": secret_ref, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "5",
+    }  # fmt: skip
+    assert backend["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert backend["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert not [arg for arg in backend["args"] if "secret" in arg or "namespace" in arg]
+    given = {**values, "postgresql": {"password": "Given-pw-1", "storage": "5Gi"}}
+    rendered = _objects(_helm(deploy / f"runai-backend-{VERSION}.tgz", given, "runai-backend"))
+    secret = rendered[("Secret", "runai-backend-postgresql")]["data"]["password"]
+    assert base64.b64decode(secret) == b"Given-pw-1"
+    claim = rendered[("StatefulSet", "runai-backend-postgresql")]["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_backend_chart_puts_postgresql_on_the_nfs_export(deploy: Path) -> None:
+    objects = _objects(_helm(deploy / f"runai-backend-{VERSION}.tgz", BACKEND_VALUES, "runai-backend"))
+    volume = objects[("PersistentVolume", "runai-backend-postgresql-runai-backend")]["spec"]
+    assert volume["nfs"] == {"server": "10.10.0.9", "path": "/export/runai"}
+    assert volume["claimRef"] == {"namespace": "runai-backend", "name": "data-runai-backend-postgresql-0"}
+    assert (volume["storageClassName"], volume["persistentVolumeReclaimPolicy"]) == ("", "Retain")
+    [claim] = objects[("StatefulSet", "runai-backend-postgresql")]["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == ""
+    assert claim["spec"]["volumeName"] == "runai-backend-postgresql-runai-backend"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"global": {"image": {"registry": REGISTRY}}}, "global.domain is required"),
+        ({"postgresql": {"storage": "2G"}}, 'postgresql.storage "2G" must be a size like 2Gi'),
+        ({"postgresql": {"user": "Run-ai"}}, 'postgresql.user "Run-ai" must be a lower-case SQL name'),
         ({"nfs": {"server": "", "path": ""}}, "storage is required: set nfs.server and nfs.path, or storage"),
         ({"externalIPs": []}, "externalIPs is required"),
         ({"tls": {"cert": "", "key": "KEY"}}, "tls.cert is required"),
@@ -282,7 +371,111 @@ def test_prepare_installation_loads_tags_and_pushes_every_image(deploy: Path, tm
         assert "REGISTRY_URL" in refused.stderr
 
 
-# --- the backend, proxy and agent, run here against a fake Kubernetes API --------------------------------
+# --- a throwaway PostgreSQL, Debian's server programs ------------------------------------------------------
+
+
+def _server_programs() -> Path | None:
+    """Debian's newest /usr/lib/postgresql/N/bin (initdb, pg_ctl, psql, pg_dump), or None."""
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    found.sort(key=lambda path: int(Path(path).parent.parent.name))
+    return Path(found[-1]).parent if found else None
+
+
+@dataclass(frozen=True)
+class PostgreSQL:
+    """A running throwaway cluster: role runai_test (CREATEDB) with PASSWORD over TCP on 127.0.0.1:PORT."""
+
+    bindir: Path
+    port: int
+    password: str
+
+    def psql(self, database: str, sql: str) -> str:
+        result = subprocess.run(
+            [str(self.bindir / "psql"), "--no-psqlrc", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            env={**os.environ, **self.libpq(database)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def libpq(self, database: str) -> dict[str, str]:
+        return {
+            "PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": "runai_test",
+            "PGPASSWORD": self.password, "PGDATABASE": database, "PGSSLMODE": "disable",
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Database:
+    """One test's database: its name and the backend's environment (libpq's variables) to reach it."""
+
+    server: PostgreSQL
+    name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.libpq(self.name)
+
+    def query(self, sql: str) -> str:
+        return self.server.psql(self.name, sql)
+
+
+@pytest.fixture(scope="module")
+def postgresql() -> Iterator[PostgreSQL]:
+    """initdb and pg_ctl in a temporary directory (as user postgres when this runs as root: the server
+    refuses root), a free port of 127.0.0.1, scram-sha-256 over TCP; removed afterwards."""
+    bindir = _server_programs()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server programs: run `make setup` (Debian's postgresql-15)")
+    as_postgres: list[str] = []
+    directory = Path(tempfile.mkdtemp(prefix="appliance-test-pg-"))
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        directory.chmod(0o755)
+        os.chown(directory, account.pw_uid, account.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data, port, password = directory / "data", _free_port(), secrets.token_urlsafe(12)
+
+    def run(program: str, *args: str) -> None:
+        result = subprocess.run(
+            [*as_postgres, str(bindir / program), *args], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"{program}: {result.stdout}{result.stderr}"
+
+    try:
+        run("initdb", f"--pgdata={data}", "--username=postgres", "--auth-local=trust",
+            "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync")  # fmt: skip
+        options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={directory}"
+        run(
+            "pg_ctl",
+            f"--pgdata={data}",
+            f"--log={directory}/server.log",
+            "--wait",
+            f"--options={options} -c fsync=off",
+            "start",
+        )
+        try:
+            run("psql", "--no-psqlrc", f"--host={directory}", f"--port={port}", "--username=postgres",
+                "--dbname=postgres", "-v", "ON_ERROR_STOP=1",
+                f"--command=CREATE ROLE runai_test LOGIN CREATEDB PASSWORD '{password}'")  # fmt: skip
+            yield PostgreSQL(bindir, port, password)
+        finally:
+            run("pg_ctl", f"--pgdata={data}", "--mode=immediate", "--wait", "stop")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def database(postgresql: PostgreSQL) -> Iterator[Database]:
+    name = f"test_{secrets.token_hex(6)}"
+    postgresql.psql("postgres", f"CREATE DATABASE {name}")
+    yield Database(postgresql, name)
+    postgresql.psql("postgres", f"DROP DATABASE {name} WITH (FORCE)")
+
+
+# --- the backend, proxy and agent, run here against that PostgreSQL --------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -319,68 +512,6 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-class FakeKubernetes(BaseHTTPRequestHandler):
-    """The secrets of namespace runai-backend, as the API server serves them (GET, POST, PUT)."""
-
-    token = "service-account-token"
-    secrets: ClassVar[dict[str, dict]] = {}
-    prefix = "/api/v1/namespaces/runai-backend/secrets"
-
-    def _reply(self, status: int, body: dict | None = None) -> None:
-        data = json.dumps(body or {"kind": "Status", "code": status}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _authorized(self) -> bool:
-        if self.headers.get("Authorization") != f"Bearer {self.token}":
-            self._reply(401)
-            return False
-        return True
-
-    def _body(self) -> dict:
-        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-
-    def do_GET(self) -> None:
-        if self._authorized():
-            name = self.path.removeprefix(self.prefix + "/")
-            found = self.secrets.get(name)
-            self._reply(200, found) if found else self._reply(404)
-
-    def do_POST(self) -> None:
-        if self._authorized() and self.path == self.prefix:
-            body = self._body()
-            self.secrets[body["metadata"]["name"]] = body
-            self._reply(201, body)
-
-    def do_PUT(self) -> None:
-        if self._authorized():
-            name = self.path.removeprefix(self.prefix + "/")
-            if name not in self.secrets:
-                self._reply(404)
-                return
-            self.secrets[name] = self._body()
-            self._reply(200, self.secrets[name])
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def kubernetes(certificate: tuple[Path, Path]) -> Iterator[str]:
-    FakeKubernetes.secrets = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKubernetes)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(*certificate)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -390,10 +521,12 @@ def _free_port() -> int:
 class Process:
     """runai-synthetic SUBCOMMAND running in the background, its log in a file."""
 
-    def __init__(self, binary: Path, log: Path, *args: str) -> None:
+    def __init__(self, binary: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log = log
         with open(log, "ab") as output:
-            self.process = subprocess.Popen([str(binary), *args], stdout=output, stderr=output)
+            self.process = subprocess.Popen(
+                [str(binary), *args], stdout=output, stderr=output, env={**os.environ, **(env or {})}
+            )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -416,7 +549,7 @@ def _request(
 
 
 def _wait_for(url: str, certificate: Path | None, process: Process, status: int = 200) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert process.process.poll() is None, process.log.read_text()
         try:
@@ -440,27 +573,25 @@ def server_binary(binary: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_backend_login_reset_password_and_restart(
-    server_binary: Path, certificate: tuple[Path, Path], kubernetes: str, tmp_path: Path
+def test_backend_login_reset_password_projects_and_restart(
+    server_binary: Path, certificate: tuple[Path, Path], database: Database, tmp_path: Path
 ) -> None:
     cert, key = certificate
-    token_file = tmp_path / "token"
-    token_file.write_text(FakeKubernetes.token)
     port = _free_port()
     base = f"https://127.0.0.1:{port}"
     arguments = [
         "backend", f"--listen=127.0.0.1:{port}", f"--tls-cert={cert}", f"--tls-key={key}",
-        "--namespace=runai-backend", "--admin-secret=runai-backend-admin", f"--version={VERSION}",
-        f"--kube-api={kubernetes}", f"--kube-token-file={token_file}", f"--kube-ca-file={cert}",
+        f"--version={VERSION}",
     ]  # fmt: skip
     log = tmp_path / "backend.log"
-    backend = Process(server_binary, log, *arguments)
+    backend = Process(server_binary, log, *arguments, env=database.env)
     try:
-        _wait_for(f"{base}/healthz", cert, backend)
+        _wait_for(f"{base}/readyz", cert, backend)
         status, page = _request(f"{base}/", cert)
         assert status == 200
         assert f"Run:ai control plane (synthetic) {VERSION}".encode() in page
         assert json.loads(_request(f"{base}/version", cert)[1]) == {"version": VERSION}
+        assert database.query("SELECT version FROM schema_version") == "1\n"
 
         token = _login(base, cert, "password")
         users_url = f"{base}/auth/admin/realms/runai/users?username=test@run.ai"
@@ -476,23 +607,57 @@ def test_backend_login_reset_password_and_restart(
         credential = json.dumps({"type": "password", "value": "S3cret-new", "temporary": False}).encode()
         assert _request(reset_url, cert, credential, "PUT")[0] == 401
         assert _request(reset_url, cert, credential, "PUT", token=token) == (204, b"")
-        stored = FakeKubernetes.secrets["runai-backend-admin"]["data"]
-        assert set(stored) == {"salt", "password-sha256"}
+        stored = database.query("SELECT password_hash FROM users WHERE username = 'test@run.ai'")
+        assert stored.startswith("pbkdf2-sha256$") and "S3cret-new" not in stored
 
         assert _login_status(base, cert, "password") == 401
-        _login(base, cert, "S3cret-new")
+        token = _login(base, cert, "S3cret-new")
+
+        projects = f"{base}/v1/k8s/projects"
+        team = json.dumps({"name": "team-a", "gpus": 2}).encode()
+        assert _request(projects, cert, team, "POST")[0] == 401
+        assert _request(projects, cert, team, "POST", token=token)[0] == 201
+        assert _request(projects, cert, team, "POST", token=token)[0] == 409
+        bad = json.dumps({"name": "Team_A", "gpus": 1}).encode()
+        assert _request(projects, cert, bad, "POST", token=token)[0] == 400
+        assert database.query("SELECT name, gpus, created_by FROM projects") == "team-a|2|test@run.ai\n"
 
         backend.stop()
-        backend = Process(server_binary, log, *arguments)
-        _wait_for(f"{base}/healthz", cert, backend)
+        backend = Process(server_binary, log, *arguments, env=database.env)
+        _wait_for(f"{base}/readyz", cert, backend)
         assert _login_status(base, cert, "password") == 401
-        _login(base, cert, "S3cret-new")
+        token = _login(base, cert, "S3cret-new")
+        status, body = _request(f"{projects}/team-a", cert, token=token)
+        assert (status, json.loads(body)["gpus"]) == (200, 2)
+        assert _request(f"{projects}/team-a", cert, method="DELETE", token=token) == (204, b"")
+        assert json.loads(_request(projects, cert, token=token)[1]) == []
     finally:
         backend.stop()
     logged = log.read_text()
     assert "POST /auth/realms/runai/protocol/openid-connect/token 401" in logged
     assert "S3cret-new" not in logged
     assert token not in logged
+    assert database.env["PGPASSWORD"] not in logged
+
+
+def test_backend_is_alive_but_not_ready_without_its_database(
+    server_binary: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = certificate
+    port = _free_port()
+    nowhere = {"PGHOST": "127.0.0.1", "PGPORT": str(_free_port()), "PGUSER": "runai", "PGPASSWORD": "x",
+               "PGDATABASE": "runai", "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "2"}  # fmt: skip
+    backend = Process(
+        server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{port}",
+        f"--tls-cert={cert}", f"--tls-key={key}", "--database-retry=200ms", env=nowhere,
+    )  # fmt: skip
+    try:
+        _wait_for(f"https://127.0.0.1:{port}/healthz", cert, backend)
+        assert _request(f"https://127.0.0.1:{port}/readyz", cert)[0] == 503
+        assert _token_request(f"https://127.0.0.1:{port}", cert, "password")[0] == 503
+    finally:
+        backend.stop()
+    assert "database not ready, retrying every 200ms" in (tmp_path / "backend.log").read_text()
 
 
 def _login_status(base: str, cert: Path, password: str) -> int:
@@ -518,14 +683,14 @@ def _token_request(base: str, cert: Path, password: str) -> tuple[int, bytes]:
 
 
 def test_agent_is_ready_through_the_proxy_and_not_without_it(
-    server_binary: Path, certificate: tuple[Path, Path], kubernetes: str, tmp_path: Path
+    server_binary: Path, certificate: tuple[Path, Path], database: Database, tmp_path: Path
 ) -> None:
     cert, key = certificate
     ports = {name: _free_port() for name in ("backend", "proxy", "agent")}
     tls = [f"--tls-cert={cert}", f"--tls-key={key}"]
     backend = Process(
         server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{ports['backend']}", *tls,
-        f"--version={VERSION}", f"--kube-api={kubernetes}", "--kube-token-file=", f"--kube-ca-file={cert}",
+        f"--version={VERSION}", env=database.env,
     )  # fmt: skip
     proxy = Process(
         server_binary, tmp_path / "proxy.log", "proxy", f"--listen=127.0.0.1:{ports['proxy']}", *tls,
@@ -564,19 +729,16 @@ def _status(url: str) -> int:
         return error.code
 
 
-def test_go_tests_pass(tmp_path: Path) -> None:
+def test_go_tests_pass(postgresql: PostgreSQL) -> None:
     go = shutil.which("go") or "/usr/local/go/bin/go"
     if not Path(go).exists():
         pytest.skip("no Go toolchain")
     env = {
-        **os.environ,
-        "CGO_ENABLED": "0",
-        "GOTOOLCHAIN": "local",
-        "GOFLAGS": "-trimpath",
-        "GOPROXY": "off",
-        "GOCACHE": str(runai_tarball.cache_root() / "gocache"),
+        **runai_tarball.go_env(),
+        "RUNAI_TEST_DATABASE": f"host=127.0.0.1 port={postgresql.port} user=runai_test "
+        f"password={postgresql.password} sslmode=disable",
     }
-    for command in (["vet", "./..."], ["test", "./..."]):
+    for command in (["vet", "./..."], ["test", "-count=1", "./..."]):
         result = subprocess.run(
             [go, *command],
             cwd=runai_tarball.SOURCES / "synthetic",
@@ -586,6 +748,7 @@ def test_go_tests_pass(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+    assert not (runai_tarball.SOURCES / "synthetic" / "vendor").exists()
 
 
 def _admin_password(port: int, ca_file: Path, password: str, *extra: str) -> tuple[dict, str]:
@@ -608,24 +771,20 @@ def _admin_password(port: int, ca_file: Path, password: str, *extra: str) -> tup
 
 
 def test_the_admin_password_module_replaces_the_default_password_once(
-    server_binary: Path, certificate: tuple[Path, Path], kubernetes: str, tmp_path: Path
+    server_binary: Path, certificate: tuple[Path, Path], database: Database, tmp_path: Path
 ) -> None:
     """Module runai_admin_password against the synthetic backend: --check reports the change and makes
     none; the run sets the password (the default then refused); a second run changes nothing; a password
     that is neither the current nor the default one, or a CA that did not sign the certificate, fails."""
     cert, key = certificate
-    token_file = tmp_path / "token"
-    token_file.write_text(FakeKubernetes.token)
     port = _free_port()
     base = f"https://127.0.0.1:{port}"
     backend = Process(
         server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{port}",
-        f"--tls-cert={cert}", f"--tls-key={key}", "--namespace=runai-backend",
-        "--admin-secret=runai-backend-admin", f"--version={VERSION}", f"--kube-api={kubernetes}",
-        f"--kube-token-file={token_file}", f"--kube-ca-file={cert}",
+        f"--tls-cert={cert}", f"--tls-key={key}", f"--version={VERSION}", env=database.env,
     )  # fmt: skip
     try:
-        _wait_for(f"{base}/healthz", cert, backend)
+        _wait_for(f"{base}/readyz", cert, backend)
         checked, _ = _admin_password(port, cert, "Vault-pw-1", "--check")
         assert checked["changed"] is True and not checked.get("failed"), checked
         assert _login_status(base, cert, "password") == 200
@@ -655,3 +814,127 @@ def test_the_admin_password_module_replaces_the_default_password_once(
         assert untrusted.get("failed") is True and "does not verify" in untrusted["msg"], untrusted
     finally:
         backend.stop()
+
+
+# --- the postgresql image: Debian's server in a container, a volume, pg_dump and pg_restore -------------
+
+
+class Container:
+    """The tarball's postgresql image run as the chart runs it (uid 999, read-only root, the socket and
+    /tmp on tmpfs), on a named volume, with 5432 published on a free port of 127.0.0.1."""
+
+    def __init__(self, image: str, volume: str, password: str) -> None:
+        self.port = _free_port()
+        self.id = docker.docker(
+            "run", "--detach", "--user=999:999", "--read-only", "--tmpfs=/run/postgresql:uid=999,gid=999",
+            "--tmpfs=/tmp", f"--volume={volume}:/var/lib/postgresql/data",
+            f"--publish=127.0.0.1:{self.port}:5432", f"--env=POSTGRES_PASSWORD={password}", image,
+        ).stdout.strip()  # fmt: skip
+        deadline = time.monotonic() + 60
+        while docker.docker("exec", self.id, "pg_isready", "--host=127.0.0.1", check=False).returncode != 0:
+            logs = docker.docker("logs", self.id, check=False)
+            assert time.monotonic() < deadline, logs.stdout + logs.stderr
+            time.sleep(0.5)
+
+    def exec(self, *command: str, stdin: bytes | None = None) -> bytes:
+        """COMMAND in the container as its user postgres (the socket's peer authentication: no password)."""
+        result = subprocess.run(
+            [docker.binary(), "exec", "-i", self.id, *command], input=stdin, capture_output=True, check=False
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout
+
+    def remove(self) -> None:
+        docker.docker("rm", "--force", "--volumes", self.id, check=False)
+
+
+def test_postgresql_image_dumps_restores_and_keeps_its_data_on_a_volume(
+    deploy: Path, server_binary: Path, certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The image saved in images.tar: the backend's data in it over TCP with the role's password, dumped
+    with its pg_dump, deleted, restored with its pg_restore, and still there after a new container on
+    the same volume; a wrong password is refused."""
+    image = runai_tarball.postgresql_image()
+    with tarfile.open(deploy / "images.tar") as archive:
+        manifest = json.load(archive.extractfile("manifest.json"))
+    [saved] = [
+        entry for entry in manifest if entry["RepoTags"] == [f"gcr.io/run-ai-prod/postgresql:{VERSION}"]
+    ]
+    assert saved["Config"].removesuffix(".json") == _image_id(image).removeprefix("sha256:")
+    volume = docker.docker("volume", "create").stdout.strip()
+    password = secrets.token_urlsafe(12)
+    cert, key = certificate
+    container = backend = None
+    try:
+        container = Container(image, volume, password)
+        found = container.exec("sh", "-c", "command -v pg_dump; command -v pg_restore; command -v psql")
+        assert found.decode().split() == [
+            f"/usr/lib/postgresql/15/bin/{p}" for p in ("pg_dump", "pg_restore", "psql")
+        ]
+        env = {"PGHOST": "127.0.0.1", "PGPORT": str(container.port), "PGUSER": "runai",
+               "PGPASSWORD": password, "PGDATABASE": "runai", "PGSSLMODE": "disable"}  # fmt: skip
+        port = _free_port()
+        base = f"https://127.0.0.1:{port}"
+        backend = Process(
+            server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{port}",
+            f"--tls-cert={cert}", f"--tls-key={key}", env=env,
+        )  # fmt: skip
+        _wait_for(f"{base}/readyz", cert, backend)
+        token = _login(base, cert, "password")
+        project = json.dumps({"name": "kept", "gpus": 4}).encode()
+        assert _request(f"{base}/v1/k8s/projects", cert, project, "POST", token=token)[0] == 201
+
+        dump = container.exec("pg_dump", "--username=postgres", "--format=custom", "runai")
+        assert dump.startswith(b"PGDMP")
+        assert _request(f"{base}/v1/k8s/projects/kept", cert, method="DELETE", token=token)[0] == 204
+        container.exec(
+            "pg_restore", "--username=postgres", "--dbname=runai", "--clean", "--if-exists",
+            "--single-transaction", stdin=dump,
+        )  # fmt: skip
+        assert _request(f"{base}/v1/k8s/projects/kept", cert, token=token)[0] == 200
+
+        container.remove()  # the container, not the named volume
+        container = Container(image, volume, password)
+        owner = container.exec("psql", "--username=postgres", "--dbname=runai", "-Atc",
+                               "SELECT tableowner FROM pg_tables WHERE tablename = 'projects'")  # fmt: skip
+        assert owner == b"runai\n"
+        env["PGPORT"] = str(container.port)
+        backend.stop()
+        backend = Process(
+            server_binary, tmp_path / "backend.log", "backend", f"--listen=127.0.0.1:{port}",
+            f"--tls-cert={cert}", f"--tls-key={key}", env=env,
+        )  # fmt: skip
+        _wait_for(f"{base}/readyz", cert, backend)
+        token = _login(base, cert, "password")
+        status, body = _request(f"{base}/v1/k8s/projects", cert, token=token)
+        assert (status, [p["name"] for p in json.loads(body)]) == (200, ["kept"])
+        refused = _psql_login(env, "wrong")
+        assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+    finally:
+        if backend is not None:
+            backend.stop()
+        if container is not None:
+            container.remove()
+        docker.docker("volume", "rm", volume, check=False)
+
+
+def _psql_login(env: dict[str, str], password: str) -> subprocess.CompletedProcess[str]:
+    """A login over TCP (scram-sha-256) with PASSWORD through the published port, as the backend connects,
+    by the image's own psql."""
+    psql = [
+        docker.binary(),
+        "run",
+        "--rm",
+        "--network=host",
+        "--entrypoint=psql",
+        f"--env=PGPASSWORD={password}",
+    ]
+    target = [f"--host={env['PGHOST']}", f"--port={env['PGPORT']}", "--username=runai", "--dbname=runai"]
+    return subprocess.run(
+        [*psql, runai_tarball.postgresql_image(), "-X", *target, "-c", "SELECT 1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def _image_id(reference: str) -> str:
+    return docker.docker("image", "inspect", "--format", "{{.Id}}", reference).stdout.strip()
