@@ -1066,7 +1066,14 @@ def test_disaster_drill_a_wiped_control_plane_comes_back_from_the_archive(first_
     assert runai_api("GET", "/v1/k8s/projects/drill-project")[0] == 404
     identities, serials = node_identities(), kubelet_client_serials()
 
-    on("cp-1", f"kubeadm reset --force --cri-socket {CRI_SOCKET} && rm -rf /var/lib/etcd /etc/kubernetes/pki")
+    # A lost control plane: kubeadm reset, its containers gone (reset cannot remove them once the kubelet
+    # stops, with docker), etcd's data and the PKI removed.
+    on(
+        "cp-1",
+        f"kubeadm reset --force --cri-socket {CRI_SOCKET}"
+        " && docker ps --all --quiet --filter name=^k8s_ | xargs --no-run-if-empty docker rm --force"
+        " && rm -rf /var/lib/etcd /etc/kubernetes/pki",
+    )
     result, summary = appliance_json("restore", str(archive), "--force", timeout=3600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr
 
