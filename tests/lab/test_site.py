@@ -379,7 +379,10 @@ def test_the_run_ai_control_plane_runs_from_the_private_registry_without_the_def
     )
     assert releases["runai-backend"]["status"] == "deployed"
     pods = kube_json("-n", "runai-backend", "get", "pods")["items"]
-    assert len(pods) == 2
+    # The backend, its ingress, and its PostgreSQL on a local volume of the runai_system node.
+    assert len(pods) == 3
+    claim = kube_json("-n", "runai-backend", "get", "pvc", "data-runai-backend-postgresql-0")
+    assert (claim["status"]["phase"], claim["spec"]["storageClassName"]) == ("Bound", "runai-local")
     for pod in pods:
         assert pod["status"]["phase"] == "Running", pod["metadata"]["name"]
         assert all(c["ready"] for c in pod["status"]["containerStatuses"])
