@@ -22,8 +22,8 @@ lab-down: setup
 test: setup lint unit lab-test molecule
 
 lint:
-	ruff check src tests benchmarks molecule plugins roles/certs/files
-	ruff format --check src tests benchmarks molecule plugins roles/certs/files
+	ruff check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
+	ruff format --check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
 	ansible-lint
 
 unit:
