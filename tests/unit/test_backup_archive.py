@@ -34,7 +34,23 @@ def make_archive(directory: Path, cluster: str = "lab", created: str = "20261203
     collector.add_bytes("etcd/snapshot.db", SNAPSHOT)
     collector.add_bytes("pki/ca.crt", b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     collector.add_bytes("helm/runai-backend/runai-backend.values.yaml", b"global: {domain: runai.lab.test}\n")
-    collector.finish({"format": 1, "cluster": cluster, "created": created, "ca_sha256": "00"})
+    collector.finish(
+        {
+            "format": 1,
+            "cluster": cluster,
+            "created": created,
+            "node": "cp-1",
+            "kubernetes_version": "v1.23.5",
+            "etcd": {
+                "status": {"hash": 1, "revision": 1190, "totalKey": 1200, "totalSize": 300_000},
+                "member": "cp-1",
+                "peer_url": "https://172.28.0.10:2380",
+            },
+            "ca_sha256": "00" * 32,
+            "helm_releases": [{"name": "runai-backend", "namespace": "runai-backend", "revision": 1}],
+            "runai_database": None,
+        }
+    )
     archive = directory / f"{cluster}-{created}.backup"
     backup.encrypt(work / "archive.tar", archive, PASSPHRASE, cluster, created)
     return archive
