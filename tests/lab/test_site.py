@@ -1040,9 +1040,9 @@ def test_backup_out_on_a_full_or_read_only_directory_fails_and_leaves_nothing(fi
 
 
 def pod_settled(pod: dict) -> bool:
-    """Completed, or Running with every container ready."""
+    """Running with every container ready; a pod that runs once (restartPolicy Never) may have ended."""
     status = pod["status"]
-    if status["phase"] == "Succeeded":
+    if pod["spec"].get("restartPolicy") == "Never" and status["phase"] in ("Succeeded", "Failed"):
         return True
     return status["phase"] == "Running" and all(c["ready"] for c in status.get("containerStatuses", []))
 
