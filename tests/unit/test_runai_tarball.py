@@ -265,6 +265,7 @@ def test_backend_chart_runs_postgresql_on_a_claim_of_the_storage_class(deploy: P
         "runAsUser": 999,
         "runAsGroup": 999,
         "fsGroup": 999,
+        "fsGroupChangePolicy": "OnRootMismatch",
     }
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = objects[("Service", "runai-backend-postgresql")]["spec"]

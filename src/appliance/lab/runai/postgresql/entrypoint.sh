@@ -32,6 +32,10 @@ host    all             all             ::/0                    scram-sha-256
 HBA
 fi
 
+# A volume's fsGroup gives its group rwx (and setgid) to what is on it when kubelet mounts it again;
+# postgres starts only on a data directory of 0700 or 0750.
+chmod 0700 "$PGDATA"
+
 # Role and database, on the socket only, before any client can connect over TCP.
 pg_ctl --pgdata="$PGDATA" --wait --silent --options="-c listen_addresses=''" start
 psql --no-psqlrc --quiet --set=ON_ERROR_STOP=1 --username=postgres --dbname=postgres <<'SQL'
