@@ -137,6 +137,16 @@ def upstream(tmp_path_factory, registry, lab_bundle):
     fixture.binary(
         "cni-plugins", tarball({"./bridge": script("bridge", "v1.1.1"), "./loopback": script("lo", "v1.1.1")})
     )
+    # etcd's one release archive holds both tools (and the server): both entries pin it.
+    etcd = tarball(
+        {
+            f"etcd-v3.5.1-linux-{ARCH}/etcd": script("etcd", "v3.5.1"),
+            f"etcd-v3.5.1-linux-{ARCH}/etcdctl": script("etcdctl", "v3.5.1"),
+            f"etcd-v3.5.1-linux-{ARCH}/etcdutl": script("etcdutl", "v3.5.1"),
+        }
+    )
+    fixture.binary("etcdctl", etcd)
+    fixture.binary("etcdutl", etcd)
     chart = tarball({"gpu-operator/Chart.yaml": b"apiVersion: v2\nname: gpu-operator\nversion: v1.11.1\n"})
     repository = fixture.data["charts"]["gpu-operator"]["repository"]
     fixture.publish(f"{repository}/gpu-operator-v1.11.1.tgz", chart)
@@ -226,6 +236,8 @@ def test_binaries_and_packages_hold_exactly_the_downloaded_files(bundle, upstrea
     assert (bundle / "bin" / "kubeadm").read_bytes() == kubeadm
     assert os.access(bundle / "bin" / "kubeadm", os.X_OK)
     assert (bundle / "bin" / "helm").read_bytes() == script("helm", "v3.8.2")
+    assert (bundle / "bin" / "etcdctl").read_bytes() == script("etcdctl", "v3.5.1")
+    assert (bundle / "bin" / "etcdutl").read_bytes() == script("etcdutl", "v3.5.1")
     subprocess.run(
         ["dpkg-deb", "-x", str(bundle / "debs" / "kubeadm_1.23.5-00_amd64.deb"), str(tmp_path)], check=True
     )
