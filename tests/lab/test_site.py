@@ -478,7 +478,7 @@ def test_an_upgrade_to_a_newer_tarball_keeps_every_value_and_a_second_one_change
     ).stdout.split()
     assert sorted(images) == [
         f"{RUNAI_IP}:5000/run-ai-prod/{name}:2.10.0"
-        for name in ("agent", "backend", "nginx-ingress-controller")
+        for name in ("agent", "backend", "nginx-ingress-controller", "postgresql")
     ]
     assert runai_login("password") == "401"
     assert runai_login(RUNAI_PASSWORD) == "200"
