@@ -357,14 +357,20 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
 
 
+# curl on cp-1 to the control plane's ingress with the domain's name and CA, and its login request.
+RUNAI_CURL = (
+    f"curl -s --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP} --cacert /etc/kubernetes/appliance/runai-ca.crt"
+)
+RUNAI_LOGIN = (
+    "-d grant_type=password -d client_id=runai -d username=test@run.ai --data-urlencode password={password}"
+    f" https://{RUNAI_DOMAIN}/auth/realms/runai/protocol/openid-connect/token"
+)
+
+
 def runai_login(password: str) -> str:
     """The HTTP status of a login of the admin account, from cp-1, through the control plane's ingress."""
     return on(
-        "cp-1",
-        f"curl -s -o /dev/null -w '%{{http_code}}' --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP}"
-        " --cacert /etc/kubernetes/appliance/runai-ca.crt -d grant_type=password -d client_id=runai"
-        f" -d username=test@run.ai --data-urlencode password={password}"
-        f" https://{RUNAI_DOMAIN}/auth/realms/runai/protocol/openid-connect/token",
+        "cp-1", f"{RUNAI_CURL} -o /dev/null -w '%{{http_code}}' {RUNAI_LOGIN.format(password=password)}"
     )
 
 
@@ -859,18 +865,12 @@ def backup_program():
 
 def runai_api(method: str, path: str, body: dict | None = None) -> tuple[int, str]:
     """A call of the Run:ai control plane's API as its admin, from cp-1 through the ingress: status, body."""
-    curl = f"curl -s --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP} --cacert /etc/kubernetes/appliance/runai-ca.crt"
-    login = on(
-        "cp-1",
-        f"{curl} -d grant_type=password -d client_id=runai -d username=test@run.ai"
-        f" --data-urlencode password={RUNAI_PASSWORD}"
-        f" https://{RUNAI_DOMAIN}/auth/realms/runai/protocol/openid-connect/token",
-    )
+    login = on("cp-1", f"{RUNAI_CURL} {RUNAI_LOGIN.format(password=RUNAI_PASSWORD)}")
     token = json.loads(login)["access_token"]
     data = f" -H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body is not None else ""
     answer = on(
         "cp-1",
-        f"{curl} -w '\\n%{{http_code}}' -X {method} -H 'Authorization: Bearer {token}'{data}"
+        f"{RUNAI_CURL} -w '\\n%{{http_code}}' -X {method} -H 'Authorization: Bearer {token}'{data}"
         f" https://{RUNAI_DOMAIN}{path}",
     )
     text, _, status = answer.rpartition("\n")

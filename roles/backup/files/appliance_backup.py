@@ -174,6 +174,16 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, len(magic) + len(line)
 
 
+def chunks(handle, count: int):
+    """The next COUNT bytes of HANDLE (fewer at its end), a megabyte at a time."""
+    while count > 0:
+        chunk = handle.read(min(CHUNK, count))
+        if not chunk:
+            return
+        yield chunk
+        count -= len(chunk)
+
+
 def open_archive(path: Path, passphrase: bytes) -> tuple[dict, int, bool]:
     """Check the passphrase and the authentication code: (header, header length, authentic)."""
     header, header_length = read_header(path)
@@ -184,14 +194,9 @@ def open_archive(path: Path, passphrase: bytes) -> tuple[dict, int, bool]:
     if size < header_length + MAC_BYTES + 16:
         raise BackupError(f"{path.name} is truncated ({size} bytes)")
     mac = hmac.new(mac_key, digestmod="sha256")
-    remaining = size - MAC_BYTES
     with open(path, "rb") as handle:
-        while remaining > 0:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                break
+        for chunk in chunks(handle, size - MAC_BYTES):
             mac.update(chunk)
-            remaining -= len(chunk)
         stored = handle.read(MAC_BYTES)
     return header, header_length, hmac.compare_digest(mac.digest(), stored)
 
@@ -201,13 +206,8 @@ def decrypt(path: Path, header_length: int, passphrase: bytes, tar_path: Path) -
     with tempfile.TemporaryFile(dir=tar_path.parent) as cipher:
         with open(path, "rb") as handle:
             handle.seek(header_length)
-            remaining = size - header_length - MAC_BYTES
-            while remaining > 0:
-                chunk = handle.read(min(CHUNK, remaining))
-                if not chunk:
-                    break
+            for chunk in chunks(handle, size - header_length - MAC_BYTES):
                 cipher.write(chunk)
-                remaining -= len(chunk)
         cipher.seek(0)
         fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as plain:
