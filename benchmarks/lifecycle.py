@@ -71,8 +71,9 @@ def all_ready(kubeconfig: str) -> bool:
 
 def restore_round(archive: Path) -> tuple[float, float]:
     """(seconds from the start of `restore` to every node Ready, seconds until it returned)."""
-    appliance(ENV, "lab", "exec", "cp-1", "--", "sh", "-c", WIPE)
+    # The admin kubeconfig of before the wipe: its client certificate is signed by the CA restore puts back.
     kubeconfig = appliance(ENV, "lab", "kubeconfig").strip()
+    appliance(ENV, "lab", "exec", "cp-1", "--", "sh", "-c", WIPE)
     started = time.monotonic()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "appliance"), "restore", str(archive), "--force"],
