@@ -18,7 +18,8 @@ offline bundle (not timed). Each round, through the installed CLI:
    encrypted, and the copy to this machine): its time and the archive's size;
 4. cp-1 loses its state (kubeadm reset, its containers, /var/lib/etcd and the PKI removed; not timed), then
    `appliance restore ARCHIVE`: the time from its start until `kubectl get nodes` (with the restored
-   admin kubeconfig) first shows every node Ready, polled every second, and until the command returns
+   admin kubeconfig) first shows every node Ready with its kubelet's Lease renewed since the start (the
+   snapshot holds the nodes as Ready as they were), polled every second, and until the command returns
    (the Run:ai database restored too).
 
 One round by default: a renewal within about ten minutes of the last restarts of the components meets the
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lab_cli import appliance, timed
@@ -54,18 +56,28 @@ WIPE = (
 )
 
 
-def all_ready(kubeconfig: str) -> bool:
+def kubectl_json(kubeconfig: str, *args: str) -> dict | None:
     result = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", kubeconfig, "get", "nodes", "--output=json", "--request-timeout=2s"],
+        [str(KUBECTL), "--kubeconfig", kubeconfig, *args, "--output=json", "--request-timeout=2s"],
         capture_output=True,
         text=True,
         check=False,
     )
-    if result.returncode != 0:
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def all_ready(kubeconfig: str, since: str) -> bool:
+    """Every node Ready, and its kubelet's Lease renewed after SINCE (UTC ISO 8601, microseconds): the etcd
+    snapshot holds the nodes as Ready as they were at backup time, the renewal proves the kubelet is back."""
+    nodes = kubectl_json(kubeconfig, "get", "nodes")
+    leases = kubectl_json(kubeconfig, "get", "leases", "--namespace", "kube-node-lease")
+    if not nodes or not leases or not nodes["items"]:
         return False
-    nodes = json.loads(result.stdout)["items"]
-    return bool(nodes) and all(
-        any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]) for n in nodes
+    renewed = {lease["metadata"]["name"]: lease["spec"].get("renewTime") or "" for lease in leases["items"]}
+    return all(
+        renewed.get(n["metadata"]["name"], "") > since
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+        for n in nodes["items"]
     )
 
 
@@ -75,6 +87,7 @@ def restore_round(archive: Path) -> tuple[float, float]:
     kubeconfig = appliance(ENV, "lab", "kubeconfig").strip()
     appliance(ENV, "lab", "exec", "cp-1", "--", "sh", "-c", WIPE)
     started = time.monotonic()
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "appliance"), "restore", str(archive), "--force"],
         env=ENV,
@@ -84,7 +97,7 @@ def restore_round(archive: Path) -> tuple[float, float]:
     )
     ready_at = None
     while process.poll() is None:
-        if ready_at is None and all_ready(kubeconfig):
+        if ready_at is None and all_ready(kubeconfig, since):
             ready_at = time.monotonic() - started
         time.sleep(1)
     output = process.stdout.read()
