@@ -37,7 +37,7 @@ def reasons(reading) -> list[tuple[str, str, str | None]]:
 def test_eight_healthy_gpus_one_power_capped_at_full_load_are_no_finding():
     run = answers((0, fixture("health-dgx-a100-ok.csv")), (0, fixture("remapped-rows-ok.csv")))
     reading = read("nvidia-smi", 8, run, timeout=7)
-    assert reading.answered and len(reading.gpus) == 8 and reading.findings == ()
+    assert reading.answered and reading.succeeded and len(reading.gpus) == 8 and reading.findings == ()
     assert reading.gpus[0].uuid == "GPU-4b9f2c1e-8d3a-4f6b-9e21-7c5d0a3b8e14"
     assert reading.gpus[0].throttle == 0x4 and reading.gpus[0].retired_pages_pending is None  # [N/A]
     assert [timeout for _, timeout in run.calls] == [7, 7]
@@ -97,14 +97,15 @@ def test_a_gpu_missing_from_the_list_reboots_naming_the_ones_seen():
 def test_a_failing_nvidia_smi_is_gpu_missing_with_its_first_line(name):
     reading = read("nvidia-smi", 8, answers((9 if name == "driver-failure.txt" else 6, fixture(name))))
     (finding,) = reading.findings
-    assert reading.answered and (finding.reason, finding.action) == ("GPUMissing", "reboot")
+    assert reading.answered and not reading.succeeded
+    assert (finding.reason, finding.action) == ("GPUMissing", "reboot")
     assert finding.message == "reboot: nvidia-smi failed: " + fixture(name).splitlines()[0]
 
 
 def test_an_nvidia_smi_that_does_not_answer_in_time_is_an_unresponsive_driver():
     reading = read("nvidia-smi", 8, answers((TIMED_OUT, "nvidia-smi did not answer within 30 s")), timeout=30)
     (finding,) = reading.findings
-    assert not reading.answered
+    assert not reading.answered and not reading.succeeded
     assert (finding.reason, finding.action) == ("DriverUnresponsive", "reboot")
     assert finding.message == "reboot: nvidia-smi did not answer within 30 s (the driver hangs)"
 
@@ -124,11 +125,6 @@ def test_values_a_gpu_does_not_support_are_no_data_never_zero_or_a_fault():
         None,
     )
     assert (gpu.remap_pending, gpu.remap_failure) == (None, None)
-
-
-def test_an_older_stand_in_answering_three_columns_still_reads():
-    reading = read("nvidia-smi", 1, answers((0, "0, 00000000:4E:00.0, 0\n"), (0, "0, 00000000:4E:00.0, 0\n")))
-    assert reading.findings == () and reading.gpus[0].pci == "00000000:4E:00.0"
 
 
 def test_run_command_reports_a_timeout_as_124_and_a_missing_program_as_127(tmp_path):

@@ -106,6 +106,7 @@ class Finding:
 @dataclass(frozen=True)
 class Reading:
     answered: bool  # nvidia-smi answered (successfully or not) within the timeout
+    succeeded: bool  # and its GPU query succeeded: `up` in the metrics
     gpus: tuple[Gpu, ...]
     findings: tuple[Finding, ...]  # gravest first
     seconds: float  # how long the queries took
@@ -241,6 +242,7 @@ def read(nvidia_smi: str, expected: int, run: Run, timeout: float = 30.0) -> Rea
     if code == TIMED_OUT:
         return Reading(
             False,
+            False,
             (),
             (
                 Finding(
@@ -255,6 +257,7 @@ def read(nvidia_smi: str, expected: int, run: Run, timeout: float = 30.0) -> Rea
         detail = output.strip().splitlines()[0] if output.strip() else f"exit {code}"
         return Reading(
             True,
+            False,
             (),
             (Finding("GPUMissing", "reboot", f"reboot: nvidia-smi failed: {detail}"),),
             time.monotonic() - started,
@@ -263,6 +266,7 @@ def read(nvidia_smi: str, expected: int, run: Run, timeout: float = 30.0) -> Rea
     code, output = run([nvidia_smi, *REMAPPED_ROWS_QUERY], timeout)
     if code == TIMED_OUT:
         return Reading(
+            False,
             False,
             tuple(gpus),
             (
@@ -280,7 +284,7 @@ def read(nvidia_smi: str, expected: int, run: Run, timeout: float = 30.0) -> Rea
             if gpu.pci.upper() in rows:
                 pending, failure = rows[gpu.pci.upper()]
                 gpus[position] = dataclasses.replace(gpu, remap_pending=pending, remap_failure=failure)
-    return Reading(True, tuple(gpus), tuple(judge(gpus, expected)), time.monotonic() - started)
+    return Reading(True, True, tuple(gpus), tuple(judge(gpus, expected)), time.monotonic() - started)
 
 
 def run_command(command: list[str], timeout: float = 60.0) -> tuple[int, str]:
