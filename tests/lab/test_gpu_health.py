@@ -36,14 +36,15 @@ XID13 = (
     "[ 8123.417801] NVRM: Xid (PCI:0000:4e:00): 13, pid=2412, name=python, Graphics SM Warp Exception on "
     "(GPC 0, TPC 1, SM 0): Out Of Range Address"
 )
-# Stands in for nvidia-smi on a lab node, which has no GPU: one healthy GPU, in the query's format.
+# Stands in for nvidia-smi on a lab node, which has no GPU: one healthy GPU, in each query's format.
 FAKE_NVIDIA_SMI = """#!/bin/sh
 # TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): this machine has no GPUs. It answers the
-# two queries the appliance makes: appliance top's, and the agent's and QA check's.
+# queries the appliance makes: appliance top's, the remapped-rows query, and the agent's and QA check's.
 case "$*" in
   *utilization.gpu*)
     echo "0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, NVIDIA A100-SXM4-80GB, 535.104.05, 37, 20480, 81920" ;;
-  *) echo "0, 00000000:4E:00.0, 0" ;;
+  *--query-remapped-rows*) echo "00000000:4E:00.0, No, No" ;;
+  *) echo "0, 00000000:4E:00.0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, 0, [N/A], 0x0000000000000001" ;;
 esac
 """
 
@@ -233,7 +234,7 @@ def test_readmit_refuses_a_node_whose_qa_fails_and_readmits_it_when_it_passes_ke
     assert summary["report"] == ["worker-1: re-admitted (was Xid79); it stays cordoned, as an admin set it"]
     condition = gpu_condition("worker-1")
     assert (condition["status"], condition["reason"]) == ("True", "Readmitted")
-    assert "nvidia-smi lists 1 GPUs without uncorrected ECC errors; no DCGM installed" in condition["message"]
+    assert "nvidia-smi lists 1 GPUs, none with a fault; no DCGM installed" in condition["message"]
     assert fault_taint("worker-1") is None
     assert node_object("worker-1")["spec"].get("unschedulable") is True
     kubectl("uncordon", "worker-1")

@@ -1,5 +1,5 @@
 """The decisions of the GPU health loop, as pure functions: the controller's plan (circuit breaker, dry
-run input), the agent's nvidia-smi findings and file source, the status table, kubeconfig reading.
+run input), re-admission's QA, the agent's file source and metrics, the status table, kubeconfig reading.
 
 The API calls themselves run against a real cluster in tests/lab/test_gpu_health.py. nvidia-smi's
 answers here are recorded text: there are no GPUs on this machine.
@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from appliance.health import node as nodeapi
-from appliance.health.agent import AgentConfig, Metrics, check_gpus, follow_file, follow_kmsg
+from appliance.health.agent import AgentConfig, Metrics, follow_file, follow_kmsg
 from appliance.health.controller import ControllerConfig, plan
 from appliance.health.kube import KubeError, read_kubeconfig
 from appliance.health.operations import qa, status_table
+from appliance.health.smi import GPU_QUERY, TIMED_OUT, Finding, Reading
 
 NOW = 1_800_000_000.0
 
@@ -182,49 +183,22 @@ def test_settings_files_as_the_role_writes_them_are_read_with_their_paths(tmp_pa
 # ------------------------------------------------------------------------------------------ nvidia-smi
 
 DGX = "\n".join(
-    f"{i}, 00000000:{bus}:00.0, 0" for i, bus in enumerate(["07", "0F", "47", "4E", "87", "90", "B7", "BD"])
+    f"{i}, 00000000:{bus}:00.0, GPU-{i}, 0, [N/A], 0x0000000000000001"
+    for i, bus in enumerate(["07", "0F", "47", "4E", "87", "90", "B7", "BD"])
 )
 
 
-def recorded(output: str, code: int = 0):
-    return lambda command: (code, output)
+def answering(smi: tuple[int, str], dcgm: tuple[int, str] | None = None):
+    """run_command's stand-in: nvidia-smi's GPU query answers SMI, its remapped-rows query fails as on a GPU
+    without row remapping, dcgmi answers DCGM."""
 
+    def run(command: list[str], timeout: float) -> tuple[int, str]:
+        if command[0].endswith("dcgmi"):
+            assert dcgm is not None and timeout >= 300  # level 1 takes seconds, the timeout is generous
+            return dcgm
+        return smi if tuple(command[1:]) == GPU_QUERY else (2, "not supported")
 
-def test_all_gpus_present_without_ecc_errors_is_no_finding():
-    assert check_gpus("nvidia-smi", 8, recorded(DGX + "\n")) == (8, None)
-
-
-def test_a_missing_gpu_is_gpu_missing_with_the_ones_seen():
-    seven = "\n".join(DGX.splitlines()[:7])
-    visible, finding = check_gpus("nvidia-smi", 8, recorded(seven))
-    assert visible == 7
-    assert finding.reason == "GPUMissing" and finding.action == "reboot"
-    assert finding.message.startswith("reboot: nvidia-smi sees 7 of 8 GPUs (00000000:07:00.0,")
-
-
-def test_uncorrected_ecc_errors_ask_for_a_gpu_reset():
-    lines = DGX.splitlines()
-    lines[2] = "2, 00000000:47:00.0, 3"
-    _, finding = check_gpus("nvidia-smi", 8, recorded("\n".join(lines)))
-    assert (finding.reason, finding.action) == ("ECCUncorrected", "reset-gpu")
-    assert "GPU 2 (00000000:47:00.0) has 3 uncorrected ECC errors" in finding.message
-
-
-def test_ecc_not_supported_is_not_an_error():
-    visible, finding = check_gpus(
-        "nvidia-smi", 2, recorded("0, 00000000:3B:00.0, [N/A]\n1, 00000000:AF:00.0, [N/A]\n")
-    )
-    assert (visible, finding) == (2, None)
-
-
-def test_a_failing_nvidia_smi_is_gpu_missing_with_its_message():
-    message = (
-        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the "
-        "latest NVIDIA driver is installed and running.\n"
-    )
-    visible, finding = check_gpus("nvidia-smi", 8, recorded(message, 9))
-    assert visible == 0 and finding.reason == "GPUMissing"
-    assert "couldn't communicate with the NVIDIA driver" in finding.message
+    return run
 
 
 def tools(*installed: str):
@@ -232,12 +206,19 @@ def tools(*installed: str):
 
 
 def test_qa_passes_with_the_gpus_expected_and_runs_dcgm_where_installed():
-    answers = {"nvidia-smi": (0, DGX), "dcgmi": (0, "| Deployment | Pass |\n")}
-    verdict = qa(8, lambda command: answers[command[0].rsplit("/", 1)[1]], tools("nvidia-smi", "dcgmi"))
+    run = answering((0, DGX), (0, "| Deployment | Pass |\n"))
+    verdict = qa(8, run, tools("nvidia-smi", "dcgmi"))
     assert verdict == {
         "passed": True,
-        "summary": "nvidia-smi lists 8 GPUs without uncorrected ECC errors; dcgmi diag -r 1 passed",
+        "summary": "nvidia-smi lists 8 GPUs, none with a fault; dcgmi diag -r 1 passed",
     }
+
+
+def test_qa_passes_a_gpu_whose_clocks_are_throttled_and_fails_one_that_hangs():
+    hot = "0, 00000000:07:00.0, GPU-1, 0, [N/A], 0x0000000000000040"
+    assert qa(1, answering((0, hot)), tools("nvidia-smi"))["passed"] is True
+    hung = qa(1, answering((TIMED_OUT, "")), tools("nvidia-smi"))
+    assert hung == {"passed": False, "problem": "nvidia-smi did not answer within 30 s (the driver hangs)"}
 
 
 @pytest.mark.parametrize(
@@ -247,7 +228,7 @@ def test_qa_passes_with_the_gpus_expected_and_runs_dcgm_where_installed():
         (("nvidia-smi",), (0, ""), None, "nvidia-smi sees 0 of 1 GPUs (none)"),
         (
             ("nvidia-smi",),
-            (0, "0, 00000000:07:00.0, 2"),
+            (0, "0, 00000000:07:00.0, GPU-0, 2, [N/A], 0x0000000000000001"),
             None,
             "GPU 0 (00000000:07:00.0) has 2 uncorrected ECC errors (volatile)",
         ),
@@ -260,8 +241,7 @@ def test_qa_passes_with_the_gpus_expected_and_runs_dcgm_where_installed():
     ],
 )
 def test_qa_fails_naming_the_problem(installed, smi, dcgm, problem):
-    answers = {"nvidia-smi": smi, "dcgmi": dcgm}
-    verdict = qa(0, lambda command: answers[command[0].rsplit("/", 1)[1]], tools(*installed))
+    verdict = qa(0, answering(smi, dcgm), tools(*installed))
     assert verdict == {"passed": False, "problem": problem}
 
 
@@ -341,6 +321,23 @@ def test_metrics_are_prometheus_text():
     )
     assert 'appliance_gpu_health_lines_total{node="gpu-1"} 12' in text
     assert "# TYPE appliance_gpu_healthy gauge" in text and text.endswith("\n")
+    # No nvidia-smi on the node: no nvidia-smi series at all, rather than a sentinel value.
+    assert "appliance_gpu_nvidia_smi_up" not in text and "appliance_gpu_visible" not in text
+
+
+def test_metrics_show_the_last_nvidia_smi_check_and_each_finding():
+    metrics = Metrics()
+    hot = Finding("ClocksThrottled", "ignore", "ignore: GPU 5 ...", "00000000:90:00.0")
+    metrics.smi = Reading(True, True, (), (hot,), 0.25)
+    text = metrics.render("gpu-1")
+    assert 'appliance_gpu_nvidia_smi_up{node="gpu-1"} 1' in text
+    assert 'appliance_gpu_nvidia_smi_duration_seconds{node="gpu-1"} 0.250' in text
+    assert 'appliance_gpu_visible{node="gpu-1"} 0' in text
+    finding = 'gpu="00000000:90:00.0",reason="ClocksThrottled",action="ignore"} 1'
+    assert f'appliance_gpu_finding{{node="gpu-1",{finding}' in text
+    metrics.smi = Reading(False, False, (), (), 30.0)
+    text = metrics.render("gpu-1")
+    assert 'appliance_gpu_nvidia_smi_up{node="gpu-1"} 0' in text and "appliance_gpu_visible" not in text
 
 
 # ------------------------------------------------------------------------------------------------ status

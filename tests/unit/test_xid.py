@@ -226,6 +226,19 @@ def test_an_earlier_gpu_message_does_not_lend_its_pci_to_a_later_fault():
     assert fault.pci is None
 
 
+def test_an_xid_between_the_lines_of_the_fallen_off_the_bus_message_does_not_take_its_pci():
+    lines = [
+        "[ 1843.308145] NVRM: The NVIDIA GPU 0000:b3:00.0",
+        "[ 1843.308146] NVRM: Xid (PCI:0000:b3:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off",
+        "               NVRM: (PCI ID: 10de:26b5) installed in this system has",
+        "[ 1843.308147] NVRM: Xid (PCI:0000:1a:00): 13, pid=7, name=python, Graphics Exception",
+        "               NVRM: fallen off the bus and is not responding to commands.",
+    ]
+    xid79, xid13, fallen = parse_lines(lines)
+    assert (xid79.code, xid79.pci, xid13.code, xid13.pci) == (79, "0000:b3:00", 13, "0000:1a:00")
+    assert (fallen.kind, fallen.pci) == ("fallen_off_bus", "0000:b3:00.0")
+
+
 @pytest.mark.parametrize(
     ("line", "seconds"),
     [
@@ -279,7 +292,7 @@ FALLEN = Fault("fallen_off_bus", None, "0000:01:00.0", None, None, None, "", "NV
     ("codes", "action"),
     [
         ((46, 62, 64, 95, 109, 110, 119, 120, 136, 140, 143, 155, 156, 158), "reset-gpu"),
-        ((79,), "reboot"),
+        ((79, 151), "reboot"),
         ((48, 74), "workflow"),
         ((63, 14, 92, 144, 149), "ignore"),
         ((13, 31, 43, 45, 68, 94), "restart-app"),
@@ -344,6 +357,43 @@ def test_sxids_follow_their_severity(catalog, severity, action, fatal):
 )
 def test_xid_154_takes_the_recovery_action_the_driver_names(catalog, detail, action):
     assert catalog.entry(xid(154, detail)).action == action
+
+
+# NVLink5 lines as the driver prints them (the format of NVIDIA's Xid catalog: sub-unit, Fatal or Nonfatal,
+# cross-containment, injected, link, then the intrInfo and errorStatus words).
+NVLINK5 = [
+    ("149, NETIR_LINK_EVT  Fatal   XC0 i0 Link 01 (0x021425c6 0x00000000 0x00000000 0x00000000)", True),
+    ("149, NETIR Fatal XC0 i0 Link -1 (0x000fe406 0x00000000 0x00000000 0x00000000 0x00000000)", True),
+    ("145, RLW_REMAP Fatal XC1 i0 Link 10 (0x00000082 0x00000040 0x00000000 0x00000000)", True),
+    ("145, RLW_RXPIPE Nonfatal XC0 i0 Link 13 (0x0409a0c2 0x00000008 0x00000001 0x00000000)", False),
+    ("144, SAW_MVB Nonfatal XC0 i0 Link 0 (0x00000001 0x00000008 0x00000000 0x00000000)", False),
+    ("147, pid=1818990, name=python3, TREX Fatal XC0 i0 Link 3 (0x00000001 0x00000002)", True),
+]
+
+
+@pytest.mark.parametrize(("message", "fatal"), NVLINK5)
+def test_an_nvlink5_xid_that_says_fatal_resets_the_gpu_without_its_xid_154(catalog, message, fatal):
+    fault = parse_line(f"[171167.620236] NVRM: Xid (PCI:0009:01:00): {message}")
+    assert fault is not None
+    verdict = Assessor(catalog).assess(fault, 0.0)
+    assert (verdict.action, verdict.fatal) == (("reset-gpu", True) if fatal else ("ignore", False))
+    assert verdict.reason == f"Xid{message.split(',')[0]}"
+
+
+@pytest.mark.parametrize(
+    ("line", "action", "fatal"),
+    [
+        ("nvidia-nvswitch0: SXid (PCI:0004:00:00.0): 26006, SOE HALTED", "reboot", True),
+        ("nvidia-nvswitch0: SXid (PCI:0004:00:00.0): 26007, SOE EXTERR", "reboot", True),
+        ("nvidia-nvswitch0: SXid (PCI:0004:00:00.0): 26008, SOE Watchdog error", "ignore", False),
+        ("nvidia-nvswitch0: SXid (PCI:0004:00:00.0): 26006, SOE HALT data[0] = 0x         0", "reboot", True),
+    ],
+)
+def test_nvswitch_soe_sxids_which_print_no_severity_have_the_catalogs_decision(catalog, line, action, fatal):
+    fault = parse_line(line)
+    assert fault is not None and fault.severity is None
+    verdict = Assessor(catalog).assess(fault, 0.0)
+    assert (verdict.action, verdict.fatal) == (action, fatal)
 
 
 # ----------------------------------------------------------------------------------- the repeat rule

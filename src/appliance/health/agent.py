@@ -9,8 +9,9 @@ node write its own status and events, nothing else. It
   site feeds it a relayed log);
 - parses each line with appliance.health.xid and judges it with the Xid catalog (repeat windows for
   application-class codes);
-- where nvidia-smi exists, checks every `check_interval` seconds that it sees the expected number of GPUs
-  and that no GPU has uncorrected ECC errors;
+- where nvidia-smi exists, asks it every `check_interval` seconds (appliance.health.smi: the expected
+  number of GPUs, uncorrected ECC errors, rows pending remapping or failed, pages pending retirement,
+  throttled clocks; no answer within `smi_timeout` seconds is a hung driver);
 - on a fatal fault sets GPUHealthy=False (reason and line) at once, records an Event for every fault
   reported (at most one per reason per `event_interval`), and serves Prometheus metrics.
 """
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 from appliance.health import node as nodeapi
 from appliance.health.catalog import Assessor, Catalog
 from appliance.health.kube import Client, KubeError
+from appliance.health.smi import Reading, Run, read, run_command
 from appliance.health.xid import parse_line
 
 log = logging.getLogger("appliance.health.agent")
@@ -50,6 +52,7 @@ class AgentConfig:
     expected_gpus: int = 0  # 0: do not check the count
     nvidia_smi: str = "nvidia-smi"
     check_interval: float = 60.0
+    smi_timeout: float = 30.0  # seconds nvidia-smi has to answer before the driver counts as hung
     event_interval: float = 30.0
     metrics_address: str = ":9465"  # "" serves no metrics
     catalog_override: Path | None = None
@@ -165,55 +168,6 @@ def open_source(source: str, stop: threading.Event) -> Iterator[str]:
     raise ValueError(f"source {source!r}: expected kmsg, journal or file:PATH")
 
 
-# ------------------------------------------------------------------------------------------- nvidia-smi
-
-
-@dataclass(frozen=True)
-class SmiFinding:
-    reason: str
-    action: str
-    message: str
-
-
-def check_gpus(
-    nvidia_smi: str, expected: int, run: Callable[[list[str]], tuple[int, str]]
-) -> tuple[int, SmiFinding | None]:
-    """The GPUs nvidia-smi lists, and the gravest problem it shows: fewer GPUs than expected, or
-    uncorrected ECC errors."""
-    code, output = run(
-        [
-            nvidia_smi,
-            "--query-gpu=index,pci.bus_id,ecc.errors.uncorrected.volatile.total",
-            "--format=csv,noheader,nounits",
-        ]
-    )
-    if code != 0:
-        detail = output.strip().splitlines()[0] if output.strip() else f"exit {code}"
-        return 0, SmiFinding("GPUMissing", "reboot", f"reboot: nvidia-smi failed: {detail}")
-    rows = [[cell.strip() for cell in line.split(",")] for line in output.splitlines() if line.strip()]
-    if expected and len(rows) < expected:
-        seen = ", ".join(row[1] for row in rows if len(row) > 1) or "none"
-        return len(rows), SmiFinding(
-            "GPUMissing", "reboot", f"reboot: nvidia-smi sees {len(rows)} of {expected} GPUs ({seen})"
-        )
-    for row in rows:
-        if len(row) > 2 and row[2].isdigit() and int(row[2]) > 0:
-            return len(rows), SmiFinding(
-                "ECCUncorrected",
-                "reset-gpu",
-                f"reset-gpu: GPU {row[0]} ({row[1]}) has {row[2]} uncorrected ECC errors (volatile)",
-            )
-    return len(rows), None
-
-
-def run_command(command: list[str]) -> tuple[int, str]:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return 1, str(error)
-    return result.returncode, result.stdout if result.returncode == 0 else (result.stdout + result.stderr)
-
-
 # --------------------------------------------------------------------------------------------- metrics
 
 
@@ -226,7 +180,7 @@ class Metrics:
         self.faults: dict[tuple[str, str, str, str], int] = {}
         self.api_errors = 0
         self.healthy = 1
-        self.gpus_visible = -1
+        self.smi: Reading | None = None  # the last nvidia-smi check; None: no nvidia-smi on this node
         self.started = time.time()
 
     def count_fault(self, kind: str, code: str, action: str, fatal: bool) -> None:
@@ -252,14 +206,45 @@ class Metrics:
                 "# HELP appliance_gpu_healthy 1 while the node's GPUHealthy condition is True.",
                 "# TYPE appliance_gpu_healthy gauge",
                 f'appliance_gpu_healthy{{node="{node}"}} {self.healthy}',
-                "# HELP appliance_gpu_visible GPUs nvidia-smi lists (-1: no nvidia-smi on this node).",
-                "# TYPE appliance_gpu_visible gauge",
-                f'appliance_gpu_visible{{node="{node}"}} {self.gpus_visible}',
+            ]
+            out += self.render_smi(node)
+            out += [
                 "# HELP appliance_gpu_health_api_errors_total Failed calls to the Kubernetes API.",
                 "# TYPE appliance_gpu_health_api_errors_total counter",
                 f'appliance_gpu_health_api_errors_total{{node="{node}"}} {self.api_errors}',
             ]
         return "\n".join(out) + "\n"
+
+    def render_smi(self, node: str) -> list[str]:
+        """The last nvidia-smi check; nothing where nvidia-smi is not installed (no sentinel values)."""
+        reading = self.smi
+        if reading is None:
+            return []
+        up = 1 if reading.succeeded else 0
+        out = [
+            "# HELP appliance_gpu_nvidia_smi_up 1: nvidia-smi answered the last check; 0: it failed or hung.",
+            "# TYPE appliance_gpu_nvidia_smi_up gauge",
+            f'appliance_gpu_nvidia_smi_up{{node="{node}"}} {up}',
+            "# HELP appliance_gpu_nvidia_smi_duration_seconds How long the last nvidia-smi check took.",
+            "# TYPE appliance_gpu_nvidia_smi_duration_seconds gauge",
+            f'appliance_gpu_nvidia_smi_duration_seconds{{node="{node}"}} {reading.seconds:.3f}',
+        ]
+        if up:
+            out += [
+                "# HELP appliance_gpu_visible GPUs nvidia-smi lists.",
+                "# TYPE appliance_gpu_visible gauge",
+                f'appliance_gpu_visible{{node="{node}"}} {len(reading.gpus)}',
+            ]
+        out += [
+            "# HELP appliance_gpu_finding 1 for each problem the last nvidia-smi check found (GPU, reason).",
+            "# TYPE appliance_gpu_finding gauge",
+        ]
+        for finding in reading.findings:
+            out.append(
+                f'appliance_gpu_finding{{node="{node}",gpu="{finding.gpu or ""}",reason="{finding.reason}",'
+                f'action="{finding.action}"}} 1'
+            )
+        return out
 
 
 def serve_metrics(address: str, render: Callable[[], str]) -> ThreadingHTTPServer:
@@ -293,7 +278,7 @@ class Agent:
         self,
         config: AgentConfig,
         client: Client | None = None,
-        run: Callable[[list[str]], tuple[int, str]] = run_command,
+        run: Run = run_command,
     ) -> None:
         self.config = config
         self.client = client or Client(config.kubeconfig)
@@ -394,12 +379,20 @@ class Agent:
                 with self.metrics.lock:
                     self.metrics.api_errors += 1
                 log.error("condition of %s: %s", self.config.node_name, error)
-            smi = shutil.which(self.config.nvidia_smi)
-            if smi:
-                self.metrics.gpus_visible, finding = check_gpus(smi, self.config.expected_gpus, self.run)
-                if finding:
-                    self.report(finding.reason, finding.action, finding.message, True)
+            self.check_gpus()
             self.stop.wait(self.config.check_interval)
+
+    def check_gpus(self) -> None:
+        """One nvidia-smi check where it is installed: each finding reported, the gravest first (it sets the
+        condition; a graver one found later replaces it, a lesser one is an Event)."""
+        smi = shutil.which(self.config.nvidia_smi)
+        if not smi:
+            return
+        reading = read(smi, self.config.expected_gpus, self.run, self.config.smi_timeout)
+        with self.metrics.lock:
+            self.metrics.smi = reading
+        for finding in reading.findings:
+            self.report(finding.reason, finding.action, finding.message, finding.fatal)
 
     def run_forever(self) -> None:
         if self.config.metrics_address:

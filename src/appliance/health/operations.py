@@ -14,28 +14,30 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.health import node as nodeapi
-from appliance.health.agent import check_gpus, run_command
 from appliance.health.controller import STATUS_CONFIGMAP
 from appliance.health.kube import Client, KubeError
+from appliance.health.smi import Run, read, run_command
 
 
 def qa(
     expected_gpus: int,
-    run: Callable[[list[str]], tuple[int, str]] = run_command,
+    run: Run = run_command,
     which: Callable[[str], str | None] = shutil.which,
 ) -> dict[str, Any]:
-    """Re-admission's QA check, on the node: nvidia-smi lists the expected GPUs (one at least) without
-    uncorrected ECC errors, judged as the agent judges them; `dcgmi diag -r 1` passes where DCGM is
-    installed. {"passed": bool, "summary" or "problem": text}."""
+    """Re-admission's QA check, on the node: nvidia-smi answers and lists the expected GPUs (one at least)
+    with nothing the agent would isolate for (appliance.health.smi: throttled clocks do not fail it);
+    `dcgmi diag -r 1` passes where DCGM is installed. {"passed": bool, "summary" or "problem": text}."""
     smi = which("nvidia-smi")
     if smi is None:
         return {"passed": False, "problem": "nvidia-smi is not installed"}
-    visible, finding = check_gpus(smi, max(expected_gpus, 1), run)
-    if finding is not None:
-        return {"passed": False, "problem": finding.message.partition(": ")[2]}
+    reading = read(smi, max(expected_gpus, 1), run)
+    fatal = [finding for finding in reading.findings if finding.fatal]
+    if fatal:
+        return {"passed": False, "problem": "; ".join(f.message.partition(": ")[2] for f in fatal)}
+    visible = len(reading.gpus)
     dcgmi = which("dcgmi")
     if dcgmi is not None:
-        code, output = run([dcgmi, "diag", "-r", "1"])
+        code, output = run([dcgmi, "diag", "-r", "1"], 600)
         failures = [line.strip() for line in output.splitlines() if "Fail" in line]
         if code != 0 or failures:
             return {
@@ -45,7 +47,7 @@ def qa(
     dcgm = "dcgmi diag -r 1 passed" if dcgmi else "no DCGM installed"
     return {
         "passed": True,
-        "summary": f"nvidia-smi lists {visible} GPUs without uncorrected ECC errors; {dcgm}",
+        "summary": f"nvidia-smi lists {visible} GPUs, none with a fault; {dcgm}",
     }
 
 

@@ -133,7 +133,8 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Fault]:
     """The faults of LINES, in order, as they arrive (a stream such as `journalctl -k -f` works).
 
     dmesg prints the driver's three-line "The NVIDIA GPU <pci> ... fallen off the bus" message as three
-    lines: the fault of the last one gets the PCI address of the first.
+    lines: the fault of the last one gets the PCI address of the first, also when an Xid line arrives
+    between them (it is a fault of its own).
     """
     pending_pci: str | None = None
     pending_lines = 0
@@ -151,9 +152,12 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Fault]:
             elif pending_lines:
                 pending_lines -= 1
             continue
-        if fault.kind == "fallen_off_bus" and fault.pci is None and pending_lines:
-            fault = _fault(fault.kind, None, pending_pci, None, None, None, fault.detail, fault.line)
-        pending_lines = 0
+        if fault.kind == "fallen_off_bus":
+            if fault.pci is None and pending_lines:
+                fault = _fault(fault.kind, None, pending_pci, None, None, None, fault.detail, fault.line)
+            pending_lines = 0
+        # Any other fault between the message's lines (an Xid printed by another CPU meanwhile, the
+        # driver's own Xid 79) is a fault of its own, and the message's last line still names its GPU.
         yield fault
 
 
