@@ -78,6 +78,8 @@ def test_node_container_is_not_privileged_and_lacks_sys_resource():
     assert not any("SYS_RESOURCE" in a for a in args)
     assert "--security-opt=seccomp=unconfined" in args
     assert "--cgroupns" in args and args[args.index("--cgroupns") + 1] == "host"
+    # A reboot inside the node restarts its container (GPU remediation reboots nodes); docker stop does not.
+    assert args[args.index("--restart") + 1] == "on-failure"
     for path in ("/var/lib/docker", "/var/lib/containerd", "/var/lib/kubelet"):
         assert f"--volume=appliance-lab-worker-1-{path.rsplit('/', 1)[1]}:{path}" in args
     assert args[-2:] == ["appliance-node:x", "/lib/systemd/systemd"]

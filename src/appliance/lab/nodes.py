@@ -87,6 +87,11 @@ def platform_settings(project: Path) -> dict[str, Any]:
 def run_arguments(node: Node, image: str, platform: dict[str, Any]) -> list[str]:
     """`docker run` arguments for NODE, from the shared platform definition."""
     args = ["run", "--detach", "--name", node.container, "--hostname", node.name]
+    # A reboot inside a node (`systemctl reboot`, as GPU remediation does) ends its systemd with a non-zero
+    # status (133, as systemd-nspawn expects), which this policy turns into a restart of the container: the
+    # node boots again, with the same volumes. `docker stop` (a node taken down) is not restarted. The
+    # nodes share this machine's kernel, so /proc/sys/kernel/random/boot_id stays; PID 1's start time changes.
+    args += ["--restart", "on-failure"]
     args += ["--label", f"{LAB_LABEL}={node.lab}", "--label", f"{LAB_LABEL}.role={node.role}"]
     args += ["--network", f"appliance-{node.lab}", "--ip", node.address]
     args += ["--cgroupns", platform["cgroupns_mode"], "--stop-signal", platform["stop_signal"]]
