@@ -87,13 +87,18 @@ def name_of(node: dict[str, Any]) -> str:
 
 def set_condition(client: Client, node: str, healthy: bool, reason: str, message: str) -> None:
     """Write GPUHealthy; the transition time is the time of this change (callers write on change only)."""
+    write_condition(client, node, CONDITION, "True" if healthy else "False", reason, message)
+
+
+def write_condition(client: Client, node: str, kind: str, status: str, reason: str, message: str) -> None:
+    """Write the node condition KIND (a strategic merge keyed by type leaves the others alone)."""
     stamp = now_iso()
     patch = {
         "status": {
             "conditions": [
                 {
-                    "type": CONDITION,
-                    "status": "True" if healthy else "False",
+                    "type": kind,
+                    "status": status,
                     "reason": reason,
                     "message": message[:1024],
                     "lastHeartbeatTime": stamp,

@@ -17,7 +17,7 @@ state lives on each Node, so a restarted controller goes on where it stopped:
   transition time (policy `manual`);
 - annotation `appliance.io/gpu-remediate`: the instruction to the agent (JSON: id, action, GPUs);
 - condition `GPURemediation`, written by the agent: reason Rebooting, Rebooted, Resetting, ResetDone,
-  ResetFailed, QAPassed or QAFailed, message "id=<instruction id>: <detail>".
+  RebootFailed, ResetFailed, QAPassed or QAFailed, message "id=<instruction id>: <detail>".
 
 Safety, in plan():
 - policy `off` remediates nothing, `manual` waits for an approval per fault, `auto` goes on by itself;
@@ -51,7 +51,7 @@ REMEDIABLE = ("reboot", "reset-gpu")
 ACTIVE_STEPS = ("draining", "remediating", "confirmed")
 # The agent's reasons: what each means for the step the record is in.
 AGENT_DONE = {"reboot": "Rebooted", "reset-gpu": "ResetDone"}
-AGENT_FAILED = ("ResetFailed", "QAFailed")
+AGENT_FAILED = ("RebootFailed", "ResetFailed", "QAFailed")
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,7 @@ class Record:
     detail: str = ""
 
     def to_json(self) -> str:
-        data = {k: v for k, v in self.__dict__.items() if v not in ((), "", False)}
-        data["gpus"] = list(self.gpus)
+        data = {**self.__dict__, "gpus": list(self.gpus)}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
