@@ -16,7 +16,7 @@ from appliance.health.catalog import (
     CatalogError,
     Entry,
 )
-from appliance.health.xid import Fault, parse_line, parse_lines, timestamp
+from appliance.health.xid import Fault, parse_line, parse_lines, pci_id, timestamp
 
 # The prefixes a kernel message arrives with: /dev/kmsg, dmesg, journalctl -k, none.
 PREFIXES = {
@@ -456,6 +456,26 @@ def test_forget_drops_a_gpus_windows(catalog):
         assessor.assess(xid(13), i * 10.0)
     assessor.forget("0000:01:00")
     assert assessor.assess(xid(13), 100.0).count == 1
+    # After a reset nvidia-smi names the GPU its own way; the Xid's window is the same GPU's.
+    for i in range(entry.repeat_count - 1):
+        assessor.assess(xid(13, pci="0000:1a:00"), 200 + i * 10.0)
+    assessor.forget("00000000:1A:00.0")
+    assert assessor.assess(xid(13, pci="0000:1a:00"), 300.0).count == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "gpu"),
+    [
+        ("NVRM: Xid (PCI:0000:4e:00): 79, pid=1", "00000000:4E:00.0"),
+        ("SXid (PCI:0004:00:00.0): 26006, SOE HALTED", "00000004:00:00.0"),
+        ("GPU 2 (00000000:47:00.0) has 3 uncorrected ECC errors", "00000000:47:00.0"),
+        ("NVRM: GPU at 0000:b3:00.3 has fallen off the bus.", "00000000:B3:00.3"),
+        ("nvidia-smi failed: exit 9", None),
+        (None, None),
+    ],
+)
+def test_pci_id_names_a_gpu_as_nvidia_smi_does(text, gpu):
+    assert pci_id(text) == gpu
 
 
 def test_fatal_codes_are_fatal_at_once(catalog):

@@ -13,7 +13,9 @@ node write its own status and events, nothing else. It
   number of GPUs, uncorrected ECC errors, rows pending remapping or failed, pages pending retirement,
   throttled clocks; no answer within `smi_timeout` seconds is a hung driver);
 - on a fatal fault sets GPUHealthy=False (reason and line) at once, records an Event for every fault
-  reported (at most one per reason per `event_interval`), and serves Prometheus metrics.
+  reported (at most one per reason per `event_interval`), and serves Prometheus metrics;
+- carries out the controller's remediation instruction on its node (appliance.health.remedy: a reboot or
+  a GPU reset, then the QA check), never one of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 from appliance.health import node as nodeapi
 from appliance.health.catalog import Assessor, Catalog
 from appliance.health.kube import Client, KubeError
+from appliance.health.remedy import Remedy
 from appliance.health.smi import Reading, Run, read, run_command
 from appliance.health.xid import parse_line
 
@@ -53,6 +56,8 @@ class AgentConfig:
     nvidia_smi: str = "nvidia-smi"
     check_interval: float = 60.0
     smi_timeout: float = 30.0  # seconds nvidia-smi has to answer before the driver counts as hung
+    remediation_interval: float = 2.0  # seconds between two looks for the controller's instruction
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     event_interval: float = 30.0
     metrics_address: str = ":9465"  # "" serves no metrics
     catalog_override: Path | None = None
@@ -291,6 +296,25 @@ class Agent:
         self.synced_at = -1e9
         self.last_event: dict[str, float] = {}
         self.suppressed: dict[str, int] = {}
+        self.remedy = Remedy(
+            self.client,
+            config.node_name,
+            qa=self.qa,
+            run=run,
+            reboot=tuple(config.reboot_command),
+            nvidia_smi=config.nvidia_smi,
+            reset_done=self.reset_done,
+        )
+
+    def qa(self) -> dict[str, Any]:
+        from appliance.health.operations import qa  # operations imports the controller, which imports us
+
+        return qa(self.config.expected_gpus, self.run)
+
+    def reset_done(self, gpus: tuple[str, ...]) -> None:
+        """After a reset the GPUs' repeat windows start again (all of them where the reset named none)."""
+        for gpu in gpus or (None,):
+            self.assessor.forget(gpu)
 
     # The node's condition is the truth: a restarted agent keeps a fault an earlier one reported.
     def sync_condition(self) -> None:
@@ -394,10 +418,21 @@ class Agent:
         for finding in reading.findings:
             self.report(finding.reason, finding.action, finding.message, finding.fatal)
 
+    def remediation_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.remedy.step()
+            except KubeError as error:
+                with self.metrics.lock:
+                    self.metrics.api_errors += 1
+                log.error("remediation on %s: %s", self.config.node_name, error)
+            self.stop.wait(self.config.remediation_interval)
+
     def run_forever(self) -> None:
         if self.config.metrics_address:
             serve_metrics(self.config.metrics_address, lambda: self.metrics.render(self.config.node_name))
         threading.Thread(target=self.check_loop, name="check", daemon=True).start()
+        threading.Thread(target=self.remediation_loop, name="remediation", daemon=True).start()
         log.info(
             "following %s on %s (expected GPUs: %s)",
             self.config.source,

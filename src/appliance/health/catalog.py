@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from appliance.health.xid import Fault
+from appliance.health.xid import Fault, pci_id
 
 __all__ = [
     "ACTIONS",
@@ -201,8 +201,10 @@ class Assessor:
         return Verdict(fault, entry, action, action in FATAL_ACTIONS, _reason(fault), count)
 
     def forget(self, pci: str | None = None) -> None:
-        """Drop the repeat windows of the GPU at PCI (all GPUs when None), after its reset for example."""
-        for key in [key for key in self._occurrences if pci is None or key[2] == pci]:
+        """Drop the repeat windows of the GPU at PCI (in any of its printed forms; all GPUs when None),
+        after its reset for example."""
+        gpu = pci_id(pci)
+        for key in [key for key in self._occurrences if pci is None or pci_id(key[2]) == gpu]:
             del self._occurrences[key]
             self._last_line.pop(key, None)
 

@@ -33,11 +33,11 @@ Safety, in plan():
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.health import node as nodeapi
+from appliance.health.xid import pci_id
 
 RECORD = "appliance.io/gpu-remediation"
 HISTORY = "appliance.io/gpu-remediation-history"
@@ -172,17 +172,11 @@ def reported(agent: dict[str, Any], record: Record) -> str | None:
     return agent.get("reason") or None
 
 
-_PCI = re.compile(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})(?:\.([0-7]))?")
-
-
 def gpus_of(fault: nodeapi.NodeFault) -> tuple[str, ...]:
     """The GPU the fault's line names, as nvidia-smi names it (00000000:4E:00.0): an Xid's "(PCI:0000:4e:00)",
     a finding's "GPU 2 (00000000:47:00.0)". None named: () (a reset then resets every GPU of the node)."""
-    match = _PCI.search(fault.line)
-    if match is None:
-        return ()
-    domain, bus, device, function = match.groups()
-    return (f"{int(domain, 16):08X}:{bus.upper()}:{device.upper()}.{function or '0'}",)
+    gpu = pci_id(fault.line)
+    return (gpu,) if gpu else ()
 
 
 def plan(nodes: list[dict[str, Any]], config: RemediationConfig, now: float) -> list[Transition]:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["Fault", "parse_line", "parse_lines", "timestamp"]
+__all__ = ["Fault", "parse_line", "parse_lines", "pci_id", "timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +159,19 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Fault]:
         # Any other fault between the message's lines (an Xid printed by another CPU meanwhile, the
         # driver's own Xid 79) is a fault of its own, and the message's last line still names its GPU.
         yield fault
+
+
+_PCI_ID = re.compile(r"(?<![0-9A-Fa-f])([0-9A-Fa-f]{4,8}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})(?:\.([0-7]))?")
+
+
+def pci_id(text: str | None) -> str | None:
+    """The first PCI address in TEXT as nvidia-smi names a GPU (00000000:4E:00.0), whichever form it is in:
+    an Xid's 0000:4e:00, an SXid's or the kernel's 0000:4e:00.0, nvidia-smi's own. None when there is none."""
+    match = _PCI_ID.search(text or "")
+    if match is None:
+        return None
+    domain, bus, device, function = match.groups()
+    return f"{int(domain, 16):08X}:{bus.upper()}:{device.upper()}.{function or '0'}"
 
 
 # Timestamps of the prefixes, for repeat windows over a log read after the fact.
