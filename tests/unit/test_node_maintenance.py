@@ -1,4 +1,5 @@
-"""plugins/modules/node_maintenance.py and node_status.py, with plugins/module_utils/appliance_nodes.py:
+"""plugins/module_utils/appliance_maintenance.py (module node_maintenance) and node_status.py, with
+plugins/module_utils/appliance_nodes.py:
 which pods a drain moves, which nodes it must not drain, which budgets block it, what it reports.
 The modules run against the lab's real cluster in tests/lab/test_maintenance.py."""
 
@@ -23,7 +24,10 @@ def _load(name: str, path):
 
 # Ansible ships plugins/module_utils/*.py to the node as ansible.module_utils.*; here the same name.
 nodes = _load("ansible.module_utils.appliance_nodes", PROJECT / "plugins/module_utils/appliance_nodes.py")
-maintenance = _load("node_maintenance", PROJECT / "plugins/modules/node_maintenance.py")
+maintenance = _load(
+    "ansible.module_utils.appliance_maintenance", PROJECT / "plugins/module_utils/appliance_maintenance.py"
+)
+module = _load("node_maintenance", PROJECT / "plugins/modules/node_maintenance.py")
 status = _load("node_status", PROJECT / "plugins/modules/node_status.py")
 
 DRAIN = {"key": "runai", "value": "drain", "effect": "NoExecute"}
@@ -191,7 +195,7 @@ def test_status_table_shows_each_node_state_pods_roles_and_taints():
     assert table[3].split()[:3] == ["worker-2", "Unknown", "cordoned"]
 
 
-@pytest.mark.parametrize("module", [maintenance, status])
-def test_documentation_parses(module):
-    for block in (module.DOCUMENTATION, module.EXAMPLES, module.RETURN):
+@pytest.mark.parametrize("plugin", [module, status])
+def test_documentation_parses(plugin):
+    for block in (plugin.DOCUMENTATION, plugin.EXAMPLES, plugin.RETURN):
         assert yaml.safe_load(block)
