@@ -5,17 +5,26 @@ covers the package's files (a node records it, and a run copies the package only
 differs); the members, relative to root, are those files with the top package's __init__.py (its
 docstring and version only: nothing else of the toolkit goes to a node), which the role copies in one tar
 stream (action plugin tar_stream).
+
+Beside the package go the maintenance modules the Ansible modules share (plugins/module_utils:
+appliance_nodes.py, appliance_maintenance.py): the GPU health controller drains a node for remediation
+with the very code `appliance node drain` runs. The members are staged together under
+~/.cache/appliance/health-package/DIGEST, the root the role copies from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from appliance.bundle.manifest import sha256_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "health"
+MODULE_UTILS = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
+SHARED = ("appliance_nodes.py", "appliance_maintenance.py")
+STAGE_DIR = Path.home() / ".cache" / "appliance" / "health-package"
 
 
 def package_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
@@ -29,18 +38,46 @@ def package_digest(files: list[Path]) -> str:
     return hashlib.sha256(" ".join(entries).encode()).hexdigest()
 
 
-def package_members(package_dir: Path, files: list[Path]) -> list[str]:
-    """What a node gets, relative to the directory above the top package: its __init__.py and FILES."""
+def package_members(package_dir: Path, files: list[Path], shared: list[Path] = ()) -> list[str]:
+    """What a node gets, relative to the directory above the top package: its __init__.py, FILES, and the
+    SHARED modules beside the top package."""
     top = package_dir.parent
-    return [f"{top.name}/__init__.py", *(f"{top.name}/{package_dir.name}/{path.name}" for path in files)]
+    return [
+        f"{top.name}/__init__.py",
+        *(f"{top.name}/{package_dir.name}/{path.name}" for path in files),
+        *(path.name for path in shared),
+    ]
 
 
-def describe(package_dir: Path = PACKAGE_DIR) -> dict:
+def stage(package_dir: Path, files: list[Path], shared: list[Path], digest: str, stage_dir: Path) -> Path:
+    """The members under STAGE_DIR/DIGEST, copied once (a digest names one content)."""
+    root = stage_dir / digest
+    if (root / ".complete").exists():
+        return root
+    top = package_dir.parent
+    targets = {top / "__init__.py": root / top.name / "__init__.py"}
+    targets.update({path: root / top.name / package_dir.name / path.name for path in files})
+    targets.update({path: root / path.name for path in shared})
+    for source, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    (root / ".complete").write_text(digest + "\n")
+    return root
+
+
+def describe(
+    package_dir: Path = PACKAGE_DIR, module_utils: Path = MODULE_UTILS, stage_dir: Path = STAGE_DIR
+) -> dict:
     files = package_files(package_dir)
+    shared = [module_utils / name for name in SHARED]
+    missing = [str(path) for path in shared if not path.is_file()]
+    if missing:
+        raise SystemExit(f"appliance.health_package: missing {', '.join(missing)}")
+    digest = package_digest([*files, *shared])
     return {
-        "digest": package_digest(files),
-        "root": str(package_dir.parents[1]),
-        "members": package_members(package_dir, files),
+        "digest": digest,
+        "root": str(stage(package_dir, files, shared, digest, stage_dir)),
+        "members": package_members(package_dir, files, shared),
     }
 
 

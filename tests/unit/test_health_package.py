@@ -38,18 +38,35 @@ def test_the_digest_covers_each_file_by_name_and_content(tmp_path):
     assert health_package.package_digest(files) != before
 
 
-def test_the_members_are_the_package_with_the_top_init_relative_to_the_root(tmp_path):
+def make_module_utils(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for name in health_package.SHARED:
+        (root / name).write_text(f"# {name}\n")
+    return root
+
+
+def test_the_members_are_the_package_and_the_shared_modules_staged_under_their_digest(tmp_path):
     package = make_package(tmp_path / "src")
-    described = health_package.describe(package)
-    assert described["root"] == str(tmp_path / "src")
+    utils = make_module_utils(tmp_path / "plugins" / "module_utils")
+    described = health_package.describe(package, utils, tmp_path / "stage")
+    files = health_package.package_files(package)
+    digest = health_package.package_digest([*files, *(utils / name for name in health_package.SHARED)])
+    assert described["digest"] == digest
+    assert described["root"] == str(tmp_path / "stage" / digest)
     assert described["members"] == [
         "appliance/__init__.py",
         "appliance/health/__init__.py",
         "appliance/health/agent.py",
         "appliance/health/catalog.yml",
+        "appliance_nodes.py",
+        "appliance_maintenance.py",
     ]
-    assert all((Path(described["root"]) / member).is_file() for member in described["members"])
-    assert described["digest"] == health_package.package_digest(health_package.package_files(package))
+    root = Path(described["root"])
+    assert (root / "appliance_maintenance.py").read_text() == "# appliance_maintenance.py\n"
+    assert (root / "appliance/health/agent.py").read_text() == "print('agent')\n"
+    # A change of a shared module is a new package.
+    (utils / "appliance_nodes.py").write_text("# changed\n")
+    assert health_package.describe(package, utils, tmp_path / "stage")["digest"] != digest
 
 
 def test_the_command_prints_the_real_package():
