@@ -18,10 +18,16 @@ class FakeNodes:
 
     def __init__(self, node: dict) -> None:
         self.node = node
+        self.events: list[str] = []
 
     def get(self, path: str) -> dict:
         assert path == f"/api/v1/nodes/{self.node['metadata']['name']}"
         return json.loads(json.dumps(self.node))
+
+    def post(self, path: str, body: dict) -> dict:
+        assert path == "/api/v1/namespaces/default/events"
+        self.events.append(body["reason"])
+        return body
 
     def patch(self, path: str, body: dict, kind: str = "strategic") -> dict:
         assert path.endswith("/status")

@@ -301,7 +301,8 @@ def _follow(
     if answer in AGENT_FAILED:
         failed = _with(record, step="failed", updated=now, reason=answer, detail=message)
         out.append(Transition(v.name, "fail", failed, answer, message))
-    elif record.step == "remediating" and answer == AGENT_DONE[record.action]:
+    elif record.step == "remediating" and answer in (AGENT_DONE[record.action], "QAPassed"):
+        # The agent may have gone on to its QA before this look: confirmed first, re-admitted next.
         out.append(
             Transition(v.name, "confirm", _with(record, step="confirmed", updated=now), answer, message)
         )

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.health import node as nodeapi
-from appliance.health.kube import Client
+from appliance.health.kube import Client, KubeError
 from appliance.health.remediation import AGENT_CONDITION, INSTRUCTION, agent_condition
 from appliance.health.smi import Run, run_command
 
@@ -74,9 +74,14 @@ class Remedy:
         self.reset_done = reset_done  # the agent forgets the reset GPUs' repeat windows
 
     def report(self, instruction: dict[str, Any], reason: str, detail: str, status: str = "Unknown") -> None:
+        """The condition (the controller reads it) and an Event (the story an operator reads)."""
         message = f"id={instruction['id']}: {detail}"
         nodeapi.write_condition(self.client, self.node, AGENT_CONDITION, status, reason, message)
         log.warning("remediation %s on %s: %s %s", instruction["id"], self.node, reason, detail)
+        try:
+            nodeapi.record_event(self.client, self.node, f"GPU{reason}", message, warning=status == "False")
+        except KubeError as error:  # the condition is what counts; the Event is for people
+            log.error("event %s on %s: %s", reason, self.node, error)
 
     def step(self) -> str | None:
         """One look at the node: carry the instruction one step on. Returns the reason it reported, if any."""
