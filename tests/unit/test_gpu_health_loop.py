@@ -355,6 +355,7 @@ def test_the_status_table_shows_each_node_its_fault_line_and_the_breaker():
                 "taint": "appliance.io/gpu-fault=reboot:NoSchedule",
                 "cordoned": True,
                 "deferred": False,
+                "remediation": "remediating",
             },
             {
                 "node": "gpu-2",
@@ -385,17 +386,18 @@ def test_the_status_table_shows_each_node_its_fault_line_and_the_breaker():
             "max_isolated_share": 0.2,
             "gpu_nodes": ["gpu-1", "gpu-2", "gpu-3"],
             "window_seconds": 3600,
+            "remediation": "auto",
         },
     }
     lines = status_table(result)
-    assert lines[0].split() == ["NODE", "GPUHEALTHY", "REASON", "SINCE", "TAINT", "CORDONED"]
-    assert lines[1].split()[:3] == ["gpu-1", "False", "Xid79"] and lines[1].endswith("yes")
+    assert lines[0].split() == ["NODE", "GPUHEALTHY", "REASON", "SINCE", "TAINT", "CORDONED", "REMEDIATION"]
+    assert lines[1].split()[:3] == ["gpu-1", "False", "Xid79"] and lines[1].split()[-2:] == ["yes", "remediating"]
     assert lines[2].strip() == "reboot: NVRM: Xid ... 79"
     assert "False (isolation deferred)" in lines[3]
     assert lines[5].split()[:2] == ["gpu-3", "True"]
     assert lines[-1] == (
         "controller: effect NoSchedule; circuit breaker 1 of 1 isolations used (limit 20% of 3 GPU nodes "
-        "per 3600 s)"
+        "per 3600 s); remediation auto"
     )
 
 

@@ -4,6 +4,7 @@
     appliance-gpu-health controller [--config FILE] [--dry-run]
     appliance-gpu-health qa [--expected-gpus N]                       (on the node; JSON verdict)
     appliance-gpu-health readmit NODE --qa TEXT [--kubeconfig FILE]   (after the QA check passed)
+    appliance-gpu-health approve NODE [--kubeconfig FILE]             (remediation policy manual)
     appliance-gpu-health status [--kubeconfig FILE] [--selector S]
     appliance-gpu-health token --account NAME --out FILE [--seconds N] [--kubeconfig FILE]
 
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     readmit.add_argument("node")
     readmit.add_argument("--qa", required=True, help="the QA check's result, kept in the condition")
     readmit.add_argument("--kubeconfig", type=Path, default=ADMIN_CONF)
+    approve = commands.add_parser("approve", help="let the controller remediate a node's current fault")
+    approve.add_argument("node")
+    approve.add_argument("--kubeconfig", type=Path, default=ADMIN_CONF)
     status = commands.add_parser("status", help="every GPU node's condition, last fault and taint (JSON)")
     status.add_argument("--kubeconfig", type=Path, default=ADMIN_CONF)
     status.add_argument("--selector", default="node-role.kubernetes.io/runai-gpu-worker")
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "readmit":
             result = operations.readmit(client, args.node, args.qa)
+        elif args.command == "approve":
+            result = operations.approve(client, args.node)
         else:
             result = operations.status(client, args.selector)
             if args.table:

@@ -10,7 +10,9 @@ policy) and an Event. Guards an operator can trust unattended:
   GPUIsolationDeferred, metric, the status ConfigMap) and the node is left in service: a fault on many
   nodes at once is more likely a driver, firmware or fabric problem than many bad GPUs;
 - dry run: with `dry_run: true` it records what it would do (Event GPUIsolationDryRun) and taints nothing;
-- it never removes a taint: re-admission (`appliance health readmit`) does, after a QA check.
+- it never removes a taint while a fault stands: re-admission does, after a QA check; by a person
+  (`appliance health readmit`), or by its remediation thread (appliance.health.remediator: drain, reboot
+  or GPU reset through the node's agent, QA, re-admission; policy `remediation`: off, manual, auto).
 Its state for `appliance health status` is the ConfigMap kube-system/appliance-gpu-health.
 """
 
@@ -30,6 +32,8 @@ from typing import Any
 from appliance.health import node as nodeapi
 from appliance.health.agent import read_settings, serve_metrics
 from appliance.health.kube import Client, KubeError
+from appliance.health.remediation import RemediationConfig
+from appliance.health.remediator import Remediator, Settings
 
 log = logging.getLogger("appliance.health.controller")
 STATUS_CONFIGMAP = ("kube-system", "appliance-gpu-health")
@@ -45,6 +49,15 @@ class ControllerConfig:
     dry_run: bool = False
     resync_seconds: int = 30
     metrics_address: str = ":9466"
+    # Remediation (appliance.health.remediation): off, manual (each fault waits for `appliance health
+    # approve NODE`) or auto.
+    remediation: str = "manual"
+    max_concurrent_remediations: int = 1
+    max_remediations: int = 2
+    remediation_window_seconds: float = 86400.0
+    remediation_step_timeout_seconds: float = 900.0
+    drain_timeout_seconds: int = 600
+    gpu_operator_namespace: str = "gpu-operator"
 
     def __post_init__(self) -> None:
         if self.effect not in ("NoSchedule", "NoExecute"):
@@ -53,6 +66,16 @@ class ControllerConfig:
             raise ValueError(f"max_isolated_share {self.max_isolated_share!r}: expected a share in (0, 1]")
         if self.window_seconds <= 0:
             raise ValueError(f"window_seconds {self.window_seconds!r}: expected a positive number")
+        self.remediation_config()  # its own checks
+
+    def remediation_config(self) -> RemediationConfig:
+        return RemediationConfig(
+            policy=self.remediation,
+            max_concurrent=self.max_concurrent_remediations,
+            max_remediations=self.max_remediations,
+            window_seconds=self.remediation_window_seconds,
+            step_timeout_seconds=self.remediation_step_timeout_seconds,
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> ControllerConfig:
@@ -108,6 +131,17 @@ class Controller:
         self.counters = {"isolations": 0, "deferred": 0, "dry_run": 0, "api_errors": 0}
         self.last_plan: Plan | None = None
         self.last_status = ""
+        self.remediator = Remediator(
+            self.client,
+            Settings(
+                kubeconfig=config.kubeconfig,
+                selector=config.gpu_node_selector,
+                config=config.remediation_config(),
+                drain_timeout=config.drain_timeout_seconds,
+                operator_namespace=config.gpu_operator_namespace,
+            ),
+            event=lambda node, reason, message, warning: self.event(node, reason, message, warning),
+        )
 
     def selector_query(self) -> str:
         return urllib.parse.urlencode({"labelSelector": self.config.gpu_node_selector})
@@ -180,9 +214,11 @@ class Controller:
         log.warning("%s", message)
         self.event(name, reason, message)
 
-    def event(self, name: str, reason: str, message: str) -> None:
+    def event(self, name: str | dict[str, Any], reason: str, message: str, warning: bool = True) -> None:
+        if isinstance(name, dict):
+            name = nodeapi.name_of(name)
         try:
-            nodeapi.record_event(self.client, self.nodes.get(name) or name, reason, message)
+            nodeapi.record_event(self.client, self.nodes.get(name) or name, reason, message, warning)
         except KubeError as error:
             self.counters["api_errors"] += 1
             log.error("event on %s: %s", name, error)
@@ -198,6 +234,8 @@ class Controller:
                 "counted": list(result.counted),
                 "deferred": [name for name, _ in result.deferred],
                 "gpu_nodes": sorted(self.nodes),
+                "remediation": self.config.remediation,
+                "remediating": self.remediator.last,
             },
             sort_keys=True,
         )
@@ -236,6 +274,17 @@ class Controller:
                 f"# TYPE appliance_gpu_controller_{key}_total counter",
                 f"appliance_gpu_controller_{key}_total {self.counters[key]}",
             ]
+        for key, help_text in (
+            ("started", "Remediations started (a node drained for a reboot or a GPU reset)."),
+            ("remediated", "Remediations that ended with the node re-admitted."),
+            ("failed", "Remediations that failed (drain, reset, QA or a step timed out): the node stays."),
+            ("held", "Faults left for a person after too many remediations (MultipleRemediations)."),
+        ):
+            lines += [
+                f"# HELP appliance_gpu_controller_remediations_{key}_total {help_text}",
+                f"# TYPE appliance_gpu_controller_remediations_{key}_total counter",
+                f"appliance_gpu_controller_remediations_{key}_total {self.remediator.counters[key]}",
+            ]
         if result:
             lines += [
                 "# HELP appliance_gpu_controller_budget GPU nodes the circuit breaker lets be isolated.",
@@ -250,7 +299,15 @@ class Controller:
     def run_forever(self) -> None:
         if self.config.metrics_address:
             serve_metrics(self.config.metrics_address, self.metrics)
-        log.info("watching nodes %s (dry run: %s)", self.config.gpu_node_selector, self.config.dry_run)
+        log.info(
+            "watching nodes %s (dry run: %s, remediation: %s)",
+            self.config.gpu_node_selector,
+            self.config.dry_run,
+            self.config.remediation,
+        )
+        threading.Thread(
+            target=self.remediator.run_forever, args=(self.stop,), name="remediation", daemon=True
+        ).start()
         while not self.stop.is_set():
             try:
                 self.sync()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.health import node as nodeapi
+from appliance.health import remediation
 from appliance.health.controller import STATUS_CONFIGMAP
 from appliance.health.kube import Client, KubeError
 from appliance.health.smi import Run, read, run_command
@@ -107,6 +108,7 @@ def status(client: Client, selector: str) -> dict[str, Any]:
                 "taint": f"{taint['key']}={taint.get('value', '')}:{taint['effect']}" if taint else "",
                 "cordoned": _cordoned(item),
                 "isolated_at": item["metadata"].get("annotations", {}).get(nodeapi.ISOLATED_AT, ""),
+                "remediation": _remediation(item),
             }
         )
     namespace, name = STATUS_CONFIGMAP
@@ -122,9 +124,43 @@ def status(client: Client, selector: str) -> dict[str, Any]:
     return {"nodes": rows, "controller": controller}
 
 
+def _remediation(item: dict[str, Any]) -> str:
+    record = remediation.view(item).record
+    if record is None:
+        return ""
+    return record.step + (f" ({record.reason})" if record.reason else "")
+
+
+def approve(client: Client, name: str) -> dict[str, Any]:
+    """Let the controller remediate NAME's current fault (policy manual): the approval names the fault, so
+    it does not carry over to a later one."""
+    item = nodeapi.get_node(client, name)
+    fault = nodeapi.fault_of(item)
+    if fault is None:
+        raise KubeError(f"{name} has no GPU fault to remediate (GPUHealthy is not False)")
+    if nodeapi.fault_taint(item) is None:
+        raise KubeError(
+            f"{name} is not isolated (the circuit breaker deferred it, or a dry run): nothing to approve"
+        )
+    annotations = item["metadata"].get("annotations") or {}
+    if annotations.get(remediation.APPROVED) == fault.since:
+        return {"node": name, "changed": False, "fault": fault.reason}
+    client.patch(
+        f"/api/v1/nodes/{name}", {"metadata": {"annotations": {remediation.APPROVED: fault.since}}}, "merge"
+    )
+    nodeapi.record_event(
+        client,
+        item,
+        "GPURemediationApproved",
+        f"remediation of {fault.reason} approved by an operator",
+        False,
+    )
+    return {"node": name, "changed": True, "fault": fault.reason}
+
+
 def status_table(result: dict[str, Any]) -> list[str]:
     """status() as aligned lines: one per GPU node, its last fault's line under it, the breaker last."""
-    header = ("NODE", "GPUHEALTHY", "REASON", "SINCE", "TAINT", "CORDONED")
+    header = ("NODE", "GPUHEALTHY", "REASON", "SINCE", "TAINT", "CORDONED", "REMEDIATION")
     rows = [
         (
             row["node"],
@@ -133,6 +169,7 @@ def status_table(result: dict[str, Any]) -> list[str]:
             row["since"],
             row["taint"] or "-",
             "yes" if row["cordoned"] else "no",
+            row.get("remediation") or "-",
         )
         for row in result["nodes"]
     ]
@@ -151,7 +188,8 @@ def status_table(result: dict[str, Any]) -> list[str]:
             f"controller: {mode}effect {controller.get('effect')}; circuit breaker "
             f"{len(controller.get('counted', []))} of {controller.get('budget')} isolations used "
             f"(limit {controller.get('max_isolated_share', 0):.0%} of {len(controller.get('gpu_nodes', []))} "
-            f"GPU nodes per {controller.get('window_seconds', 0):.0f} s)"
+            f"GPU nodes per {controller.get('window_seconds', 0):.0f} s); "
+            f"remediation {controller.get('remediation', 'off')}"
         )
     else:
         lines.append("controller: no status yet (is appliance-gpu-health-controller running?)")
