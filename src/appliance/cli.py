@@ -523,6 +523,19 @@ def health_readmit(
     raise typer.Exit(execute(request, as_json=as_json))
 
 
+@health_app.command("approve")
+def health_approve(
+    node: NodeArgument,
+    inventory: InventoryOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """With gpu_health_remediation: manual, let the controller remediate NODE's current fault (drain,
+    reboot or GPU reset, QA, re-admission). A later fault waits for its own approval."""
+    request = _node_request("gpu_approve", node, inventory, check=check, limit=f"{node},control_plane")
+    raise typer.Exit(execute(request, as_json=as_json))
+
+
 @health_app.command("status")
 def health_status(inventory: InventoryOption = None, as_json: JsonOption = False) -> None:
     """Every GPU node: GPUHealthy, the last fault, the fault taint, the cordon; the circuit breaker."""
