@@ -39,8 +39,11 @@ XID13 = (
 # Stands in for nvidia-smi on a lab node, which has no GPU: one healthy GPU, in each query's format.
 FAKE_NVIDIA_SMI = """#!/bin/sh
 # TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): this machine has no GPUs. It answers the
-# queries the appliance makes: appliance top's, the remapped-rows query, and the agent's and QA check's.
+# queries the appliance makes: appliance top's, the remapped-rows query, and the agent's and QA check's;
+# a GPU reset (-r) is recorded in /var/log/nvidia-smi-resets.log and succeeds.
 case "$*" in
+  "-r"|"-r -i "*)
+    echo "$*" >> /var/log/nvidia-smi-resets.log; echo "GPU 00000000:1A:00.0 was successfully reset." ;;
   *utilization.gpu*)
     echo "0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, NVIDIA A100-SXM4-80GB, 535.104.05, 37, 20480, 81920" ;;
   *--query-remapped-rows*) echo "00000000:4E:00.0, No, No" ;;
@@ -400,3 +403,117 @@ def test_the_agent_follows_the_kubelets_rotating_client_certificate():
     )
     assert condition_seconds < 2, "GPUHealthy=False took 2 s or longer"
     readmitted("worker-1")
+
+
+# ------------------------------------------------------------------------------ remediation (issue 22)
+
+# One pod that prefers worker-1 (it starts there) and may run on any worker; pause from the lab's registry.
+VICTIM = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: victim, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: victim}}
+  template:
+    metadata: {labels: {app: victim}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              preference:
+                matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [worker-1]}]
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+              - matchExpressions: [{key: node-role.kubernetes.io/master, operator: DoesNotExist}]
+      containers:
+        - {name: pause, image: "172.28.12.10:5000/pause:3.6"}
+"""
+
+
+def victim_pods() -> list[dict]:
+    pods = json.loads(kubectl("get", "pods", "-l", "app=victim", "-o", "json"))["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def restarts(node: str) -> int:
+    result = subprocess.run(
+        ["docker", "inspect", "-f", "{{.RestartCount}}", f"appliance-labhealth-{node}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout)
+
+
+def last_events(node: str) -> dict[str, str]:
+    """The time of each Event reason's latest Event on NODE (seconds resolution, as the API keeps them)."""
+    listing = json.loads(
+        kubectl(
+            "get", "events", "-n", "default", "--field-selector", f"involvedObject.name={node}", "-o", "json"
+        )
+    )
+    latest: dict[str, str] = {}
+    for event in listing["items"]:
+        latest[event["reason"]] = max(latest.get(event["reason"], ""), event["lastTimestamp"])
+    return latest
+
+
+LOOP = (
+    "GPUIsolated",
+    "GPURemediationDraining",
+    "GPURemediating",
+    "GPURebooting",
+    "GPURebooted",
+    "GPUQAPassed",
+    "GPURemediated",
+)
+
+
+def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_readmitted_keeping_a_cordon():
+    result, _ = run_playbook(
+        LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps({"gpu_health_remediation": "auto"})
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    applied = lab_kubectl(LAB_ENV, "apply", "-f", "-", stdin=VICTIM)
+    assert applied.returncode == 0, applied.stderr
+    wait_for(
+        lambda: (
+            [p["spec"].get("nodeName") for p in victim_pods() if p["status"].get("phase") == "Running"]
+            == ["worker-1"]
+        ),
+        120,
+        "the victim pod Running on worker-1",
+    )
+    kubectl("cordon", "worker-1")  # an admin's cordon, before the fault
+    before = restarts("worker-1")
+    seen_steps: set[str] = set()
+    written = float(on("worker-1", f"printf '%s\\n' {shlex.quote(XID79)} >> {FEED}; date +%s.%N"))
+    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
+    assert time.time() - written < 2 + 1
+
+    def readmitted_by_the_loop() -> bool:
+        status = health("status")[1].get("report", [])
+        row = next((line for line in status if line.startswith("worker-1 ")), "")
+        seen_steps.update(step for step in ("draining", "remediating", "confirmed") if step in row)
+        condition = gpu_condition("worker-1")
+        return condition.get("status") == "True" and condition.get("reason") == "Remediated"
+
+    wait_for(readmitted_by_the_loop, 600, "worker-1 re-admitted by the remediation loop")
+    assert restarts("worker-1") == before + 1  # rebooted: its container restarted once
+    node = node_object("worker-1")
+    assert fault_taint("worker-1") is None
+    assert not any(t["key"] == "runai" for t in node["spec"].get("taints") or [])
+    assert node["spec"].get("unschedulable") is True  # the admin's cordon stays
+    running = [p["spec"].get("nodeName") for p in victim_pods() if p["status"].get("phase") == "Running"]
+    assert running and "worker-1" not in running
+    # The Events tell the story in order (the controller's and the agent's, to the second).
+    latest = last_events("worker-1")
+    assert all(reason in latest for reason in LOOP), latest
+    times = [latest[reason] for reason in LOOP]
+    assert times == sorted(times), dict(zip(LOOP, times, strict=True))
+    assert "remediating" in seen_steps, seen_steps  # health status showed the steps while they happened
+    kubectl("uncordon", "worker-1")
+    lab_kubectl(LAB_ENV, "delete", "deployment", "victim")
