@@ -426,3 +426,24 @@ def test_a_kubeconfig_without_a_context_is_one_clear_error(tmp_path):
     path.write_text("apiVersion: v1\nkind: Config\n")
     with pytest.raises(KubeError, match=f"kubeconfig {path}: no usable current context"):
         read_kubeconfig(path)
+
+
+def test_controller_metrics_show_isolated_nodes_remediation_steps_and_the_isolation_latency():
+    from appliance.health.controller import Controller
+
+    controller = Controller(ControllerConfig(), client=object())  # type: ignore[arg-type]
+    controller.isolation_latency.observe(0.7)
+    controller.isolation_latency.observe(3.0)
+    taint = {"key": nodeapi.TAINT_KEY, "value": "reboot", "effect": "NoSchedule"}
+    controller.nodes = {
+        "gpu-1": {"metadata": {"name": "gpu-1"}, "spec": {"taints": [taint]}},
+        "gpu-2": {"metadata": {"name": "gpu-2"}, "spec": {}},
+    }
+    controller.remediator.last = {"gpu-1": "failed (QAFailed)"}
+    text = controller.metrics()
+    assert 'appliance_gpu_controller_isolated{node="gpu-1"} 1' in text and 'node="gpu-2"' not in text
+    assert 'appliance_gpu_controller_remediation{node="gpu-1",step="failed",reason="QAFailed"} 1' in text
+    assert 'appliance_gpu_controller_isolation_seconds_bucket{le="1"} 1' in text
+    assert 'appliance_gpu_controller_isolation_seconds_bucket{le="5"} 2' in text
+    assert "appliance_gpu_controller_isolation_seconds_count 2" in text
+    assert "appliance_gpu_controller_remediations_failed_total 0" in text

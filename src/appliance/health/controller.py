@@ -39,6 +39,38 @@ log = logging.getLogger("appliance.health.controller")
 STATUS_CONFIGMAP = ("kube-system", "appliance-gpu-health")
 
 
+ISOLATION_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Histogram:
+    """A Prometheus histogram without labels (cumulative buckets, sum, count)."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for position, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[position] += 1
+        self.total += value
+        self.count += 1
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        lines += [
+            f'{name}_bucket{{le="{bound:g}"}} {n}' for bound, n in zip(self.buckets, self.counts, strict=True)
+        ]
+        lines += [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total:.3f}",
+            f"{name}_count {self.count}",
+        ]
+        return lines
+
+
 @dataclass
 class ControllerConfig:
     kubeconfig: Path = Path("/etc/kubernetes/admin.conf")
@@ -131,6 +163,7 @@ class Controller:
         self.counters = {"isolations": 0, "deferred": 0, "dry_run": 0, "api_errors": 0}
         self.last_plan: Plan | None = None
         self.last_status = ""
+        self.isolation_latency = Histogram(ISOLATION_BUCKETS)
         self.remediator = Remediator(
             self.client,
             Settings(
@@ -190,6 +223,9 @@ class Controller:
             log.error("tainting %s: %s", name, error)
             return True
         self.counters["isolations"] += 1
+        since = nodeapi.parse_time(fault.since)
+        if since is not None:
+            self.isolation_latency.observe(max(0.0, time.time() - since))
         log.warning(
             "isolated %s: %s=%s:%s (%s)",
             name,
@@ -285,6 +321,22 @@ class Controller:
                 f"# TYPE appliance_gpu_controller_remediations_{key}_total counter",
                 f"appliance_gpu_controller_remediations_{key}_total {self.remediator.counters[key]}",
             ]
+        lines += self.isolation_latency.render(
+            "appliance_gpu_controller_isolation_seconds",
+            "Seconds from a node's GPUHealthy=False (its transition time, whole seconds) to its taint.",
+        )
+        isolated = sorted(name for name, item in self.nodes.items() if nodeapi.fault_taint(item) is not None)
+        lines += [
+            "# HELP appliance_gpu_controller_isolated 1 for each GPU node the fault taint isolates now.",
+            "# TYPE appliance_gpu_controller_isolated gauge",
+            *(f'appliance_gpu_controller_isolated{{node="{name}"}} 1' for name in isolated),
+            "# HELP appliance_gpu_controller_remediation 1 for each GPU node's remediation step now.",
+            "# TYPE appliance_gpu_controller_remediation gauge",
+        ]
+        for name, step in sorted(self.remediator.last.items()):
+            step, _, reason = step.partition(" (")
+            labels = f'node="{name}",step="{step}",reason="{reason.rstrip(")")}"'
+            lines.append(f"appliance_gpu_controller_remediation{{{labels}}} 1")
         if result:
             lines += [
                 "# HELP appliance_gpu_controller_budget GPU nodes the circuit breaker lets be isolated.",
