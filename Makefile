@@ -25,6 +25,8 @@ lint:
 	ruff check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
 	ruff format --check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
 	ansible-lint
+	$(HOME)/.cache/appliance/bin/promtool check rules monitoring/prometheus/gpu-health-rules.yml
+	cd monitoring/prometheus && $(HOME)/.cache/appliance/bin/promtool test rules gpu-health-rules.test.yml
 
 unit:
 	pytest -q tests/unit

@@ -38,6 +38,20 @@ if [ ! -x "$pg_bin/initdb" ] || [ ! -x "$pg_bin/pg_dump" ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
 fi
 
+# promtool, for `make test`'s check of the GPU health alert rules (monitoring/prometheus): taken out of
+# Debian's prometheus package (a static Go program), without installing or starting a Prometheus server.
+promtool=$HOME/.cache/appliance/bin/promtool
+if [ ! -x "$promtool" ]; then
+  echo "setup: extracting promtool from Debian's prometheus package"
+  work=$(mktemp -d)
+  (cd "$work" && { apt-get download -qq prometheus 2>/dev/null \
+    || { $sudo apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; } \
+    && dpkg-deb -x prometheus_*.deb root)
+  mkdir -p "$(dirname "$promtool")"
+  install -m 0755 "$work/root/usr/bin/promtool" "$promtool"
+  rm -rf "$work"
+fi
+
 # A docker engine: the system's service where systemd runs it, else dockerd in the background
 # (machines of this kind boot without an engine and without systemd as PID 1).
 if ! docker info >/dev/null 2>&1; then
