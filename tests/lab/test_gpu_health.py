@@ -62,9 +62,11 @@ def on(node: str, script: str) -> str:
     return result.stdout
 
 
-def feed(node: str, *lines: str) -> None:
-    """Write kernel lines where NODE's agent reads them, in one append."""
-    on(node, f"printf '%s\\n' {' '.join(shlex.quote(line) for line in lines)} >> {FEED}")
+def feed(node: str, *lines: str) -> float:
+    """Write kernel lines where NODE's agent reads them, in one append; the time of the write, read on the
+    node in the same shell (the lab's nodes share this machine's clock), without `lab exec`'s start-up."""
+    quoted = " ".join(shlex.quote(line) for line in lines)
+    return float(on(node, f"printf '%s\\n' {quoted} >> {FEED}; date +%s.%N"))
 
 
 def kubectl(*args: str) -> str:
@@ -389,9 +391,7 @@ def test_the_agent_follows_the_kubelets_rotating_client_certificate():
     print(f"worker-1's kubelet: {len(rotated)} new certificates in its agent's {now - started:.0f} s")
     assert on("worker-1", "systemctl is-active appliance-gpu-health-agent").strip() == "active"
     assert gpu_condition("worker-1")["status"] == "True"
-    # The time the line was written, read on the node in the same shell (the lab's nodes share this
-    # machine's clock): `appliance lab exec`'s own start-up is not counted.
-    written = float(on("worker-1", f"printf '%s\\n' {shlex.quote(XID79)} >> {FEED}; date +%s.%N"))
+    written = feed("worker-1", XID79)
     wait_for(lambda: gpu_condition("worker-1").get("status") == "False", 30, "GPUHealthy=False on worker-1")
     condition_seconds = time.time() - written
     wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")

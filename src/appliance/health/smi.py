@@ -171,113 +171,82 @@ def parse_remapped_rows(output: str) -> dict[str, tuple[bool | None, bool | None
     return found
 
 
+# The per-GPU findings, gravest first: (reason, action, what follows the GPU's name, or None).
+_GPU_CHECKS: tuple[tuple[str, str, Callable[[Gpu], str | None]], ...] = (
+    (
+        "RowRemapFailure",
+        "reboot",
+        lambda g: (
+            ": a row remapping failed; the GPU may need replacing (NVIDIA's RMA criterion)"
+            if g.remap_failure
+            else None
+        ),
+    ),
+    (
+        "RowRemapPending",
+        "reset-gpu",
+        lambda g: ": rows are pending remapping, which a GPU reset applies" if g.remap_pending else None,
+    ),
+    (
+        "ECCUncorrected",
+        "reset-gpu",
+        lambda g: (
+            f" has {g.ecc_uncorrected} uncorrected ECC errors (volatile)" if g.ecc_uncorrected else None
+        ),
+    ),
+    (
+        "RetiredPagesPending",
+        "reset-gpu",
+        lambda g: (
+            ": pages are pending retirement, which a GPU reset applies" if g.retired_pages_pending else None
+        ),
+    ),
+    (
+        "ClocksThrottled",
+        "ignore",
+        lambda g: (
+            f": clocks throttled: {', '.join(_throttled(g))} (0x{g.throttle:x})" if _throttled(g) else None
+        ),
+    ),
+)
+
+
+def _throttled(gpu: Gpu) -> list[str]:
+    return [name for bit, name in THROTTLE_REASONS.items() if gpu.throttle and gpu.throttle & bit]
+
+
 def judge(gpus: list[Gpu], expected: int) -> list[Finding]:
     findings = []
     if expected and len(gpus) < expected:
         seen = ", ".join(gpu.pci for gpu in gpus) or "none"
-        findings.append(
-            Finding(
-                "GPUMissing", "reboot", f"reboot: nvidia-smi sees {len(gpus)} of {expected} GPUs ({seen})"
-            )
-        )
-    for gpu in gpus:
-        if gpu.remap_failure:
-            findings.append(
-                Finding(
-                    "RowRemapFailure",
-                    "reboot",
-                    f"reboot: {gpu.name}: a row remapping failed; the GPU may need replacing (NVIDIA's RMA "
-                    "criterion)",
-                    gpu.pci,
-                )
-            )
-    for gpu in gpus:
-        if gpu.remap_pending:
-            findings.append(
-                Finding(
-                    "RowRemapPending",
-                    "reset-gpu",
-                    f"reset-gpu: {gpu.name}: rows are pending remapping, which a GPU reset applies",
-                    gpu.pci,
-                )
-            )
-    for gpu in gpus:
-        if gpu.ecc_uncorrected:
-            findings.append(
-                Finding(
-                    "ECCUncorrected",
-                    "reset-gpu",
-                    f"reset-gpu: {gpu.name} has {gpu.ecc_uncorrected} uncorrected ECC errors (volatile)",
-                    gpu.pci,
-                )
-            )
-    for gpu in gpus:
-        if gpu.retired_pages_pending:
-            findings.append(
-                Finding(
-                    "RetiredPagesPending",
-                    "reset-gpu",
-                    f"reset-gpu: {gpu.name}: pages are pending retirement, which a GPU reset applies",
-                    gpu.pci,
-                )
-            )
-    for gpu in gpus:
-        active = [name for bit, name in THROTTLE_REASONS.items() if gpu.throttle and gpu.throttle & bit]
-        if active:
-            findings.append(
-                Finding(
-                    "ClocksThrottled",
-                    "ignore",
-                    f"ignore: {gpu.name}: clocks throttled: {', '.join(active)} (0x{gpu.throttle:x})",
-                    gpu.pci,
-                )
-            )
+        message = f"reboot: nvidia-smi sees {len(gpus)} of {expected} GPUs ({seen})"
+        findings.append(Finding("GPUMissing", "reboot", message))
+    for reason, action, problem in _GPU_CHECKS:
+        for gpu in gpus:
+            what = problem(gpu)
+            if what is not None:
+                findings.append(Finding(reason, action, f"{action}: {gpu.name}{what}", gpu.pci))
     return findings
 
 
 def read(nvidia_smi: str, expected: int, run: Run, timeout: float = 30.0) -> Reading:
     """Ask nvidia-smi (each query within TIMEOUT seconds) and judge what it says."""
     started = time.monotonic()
+
+    def ended(answered: bool, gpus: list[Gpu], message: str, reason: str = "DriverUnresponsive") -> Reading:
+        finding = Finding(reason, "reboot", f"reboot: {message}")
+        return Reading(answered, False, tuple(gpus), (finding,), time.monotonic() - started)
+
     code, output = run([nvidia_smi, *GPU_QUERY], timeout)
     if code == TIMED_OUT:
-        return Reading(
-            False,
-            False,
-            (),
-            (
-                Finding(
-                    "DriverUnresponsive",
-                    "reboot",
-                    f"reboot: nvidia-smi did not answer within {timeout:g} s (the driver hangs)",
-                ),
-            ),
-            time.monotonic() - started,
-        )
+        return ended(False, [], f"nvidia-smi did not answer within {timeout:g} s (the driver hangs)")
     if code != 0:
         detail = output.strip().splitlines()[0] if output.strip() else f"exit {code}"
-        return Reading(
-            True,
-            False,
-            (),
-            (Finding("GPUMissing", "reboot", f"reboot: nvidia-smi failed: {detail}"),),
-            time.monotonic() - started,
-        )
+        return ended(True, [], f"nvidia-smi failed: {detail}", "GPUMissing")
     gpus = parse_gpus(output)
     code, output = run([nvidia_smi, *REMAPPED_ROWS_QUERY], timeout)
     if code == TIMED_OUT:
-        return Reading(
-            False,
-            False,
-            tuple(gpus),
-            (
-                Finding(
-                    "DriverUnresponsive",
-                    "reboot",
-                    f"reboot: nvidia-smi did not answer the remapped-rows query within {timeout:g} s",
-                ),
-            ),
-            time.monotonic() - started,
-        )
+        return ended(False, gpus, f"nvidia-smi did not answer the remapped-rows query within {timeout:g} s")
     if code == 0:
         rows = parse_remapped_rows(output)
         for position, gpu in enumerate(gpus):
