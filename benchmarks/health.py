@@ -16,11 +16,19 @@ the real controller on cp-1.
    30 s while a writer on worker-1 appends 10,000 lines per second (kernel lines of a busy GPU node:
    network, storage, cgroup and audit messages, one in a thousand an informational Xid 63) in batches of
    1,000 every 0.1 s; the agent's own line counter (its metrics) shows it read them all.
+3. the remediation loop (issue 22), `--loop-rounds` times: with gpu_health_remediation=auto and a stand-in
+   for nvidia-smi on worker-1 (no GPU here; tests/lab/nvidia-smi-stand-in.sh), an Xid 79 line, then a poll
+   of worker-1's Node object every 0.2 s notes when each step is first seen: the fault taint, the
+   controller's record in draining, remediating (the agent's instruction written), confirmed (the agent
+   reported the new boot: worker-1's container restarted), and the condition GPUHealthy=True with reason
+   Remediated (QA passed, taints removed). The remediation history annotation is cleared between rounds
+   (else the third round would be held by gpu_health_max_remediations).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -33,12 +41,15 @@ from lab_cli import BIN, appliance
 
 from appliance.health import node as nodeapi
 from appliance.health import operations
+from appliance.health import remediation as loop
 from appliance.health.kube import Client
 
 ENV = {**os.environ, "APPLIANCE_LAB_NAME": "benchhealth", "APPLIANCE_LAB_SUBNET": "172.28.13.0/24"}
 FEED = "/var/log/appliance-kernel-feed.log"
 XID79 = "NVRM: Xid (PCI:0000:4e:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus."
 TICKS = os.sysconf("SC_CLK_TCK")
+STAND_IN = Path(__file__).resolve().parents[1] / "tests/lab/nvidia-smi-stand-in.sh"
+STEPS = ("taint", "draining", "remediating", "confirmed", "readmitted")
 
 # Runs on worker-1: 10,000 lines/s for SECONDS, in batches of 1,000 every 0.1 s.
 WRITER = r"""
@@ -162,6 +173,48 @@ def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int],
     return idle, ((cpu2 - cpu1) / seconds, rss_busy), written, read
 
 
+def loop_step(node: dict) -> str | None:
+    """How far worker-1's remediation has come, as the Node object shows it."""
+    condition = next((c for c in node["status"].get("conditions") or [] if c.get("type") == "GPUHealthy"), {})
+    if condition.get("status") == "True" and condition.get("reason") == "Remediated":
+        return "readmitted"
+    record = loop.view(node).record
+    if record is not None and record.step in STEPS:
+        return record.step
+    if record is not None and record.step == "failed":
+        sys.exit(f"the remediation failed: {record.reason} {record.detail}")
+    return "taint" if nodeapi.fault_taint(node) else None
+
+
+def measure_loop(client: Client, rounds: int) -> list[dict[str, float]]:
+    """Seconds from the Xid 79 line to the first sight of each step, per round."""
+    appliance(ENV, "run", "playbooks/gpu_health.yml", "-e", json.dumps({"gpu_health_remediation": "auto"}))
+    on("worker-1", f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{STAND_IN.read_text()}EOF\n")
+    on("worker-1", "chmod 0755 /usr/local/bin/nvidia-smi")
+    results = []
+    for _ in range(rounds):
+        patch = {"metadata": {"annotations": {loop.HISTORY: None}}}
+        client.patch("/api/v1/nodes/worker-1", patch, "merge")
+        seen: dict[str, float] = {}
+        started = time.monotonic()
+        on("worker-1", f"echo {XID79!r} >> {FEED}")
+        while "readmitted" not in seen:
+            if time.monotonic() - started > 900:
+                sys.exit(f"worker-1 not re-admitted within 900 s; steps seen: {seen}")
+            try:
+                step = loop_step(nodeapi.get_node(client, "worker-1"))
+            except OSError:
+                step = None  # the API server briefly unreachable
+            if step is not None:
+                for passed in STEPS[
+                    : STEPS.index(step) + 1
+                ]:  # a step between two polls: seen at the later one
+                    seen.setdefault(passed, time.monotonic() - started)
+            time.sleep(0.2)
+        results.append(seen)
+    return results
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -171,6 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--loop-rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     options = parser.parse_args()
 
@@ -181,6 +235,7 @@ def main() -> None:
         client = Client(Path(appliance(ENV, "lab", "kubeconfig").strip()))
         latencies = measure_latency(client, options.rounds)
         (idle_cpu, idle_rss), (busy_cpu, busy_rss), written, read = measure_agent(options.seconds)
+        loops = measure_loop(client, options.loop_rounds)
     finally:
         if not options.keep:
             appliance(ENV, "lab", "down")
@@ -196,8 +251,31 @@ def main() -> None:
         (f"agent RSS, {rate:,.0f} lines/s", f"{busy_rss / 1024:.1f} MiB", ""),
         ("lines written / read by the agent", f"{written:,} / {read:,}", ""),
     ]
+    rows.append(
+        (
+            f"loop: Xid 79 line to the taint, median of {len(loops)}",
+            f"{statistics.median(r['taint'] for r in loops):.1f} s",
+            "",
+        )
+    )
+    for step, earlier in zip(STEPS[1:], STEPS, strict=False):
+        spans = [r[step] - r.get(earlier, r[step]) for r in loops if step in r]
+        label = f"loop: {earlier} to {step}, median of {len(spans)}"
+        rows.append((label, f"{statistics.median(spans):.1f} s" if spans else "not seen", ""))
+    totals = [r["readmitted"] for r in loops]
+    rows.append(
+        (
+            f"loop: Xid 79 line to re-admitted, median of {len(totals)}",
+            f"{statistics.median(totals):.1f} s",
+            "",
+        )
+    )
+    rows.append(("loop: Xid 79 line to re-admitted, max", f"{max(totals):.1f} s", ""))
     width = max(len(label) for label, _, _ in rows)
-    print("lab: cp-1 + worker-1 (GPU worker); real agent, controller and API server; no GPU")
+    print(
+        "lab: cp-1 + worker-1 (GPU worker); real agent, controller and API server; no GPU (the loop's QA and"
+    )
+    print("     reset use tests/lab/nvidia-smi-stand-in.sh; its reboot restarts worker-1's container)")
     for label, figure, target in rows:
         print(f"{label:<{width}}  {figure:>18}  {target}".rstrip())
 

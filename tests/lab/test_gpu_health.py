@@ -16,6 +16,7 @@ import json
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,20 +37,8 @@ XID13 = (
     "[ 8123.417801] NVRM: Xid (PCI:0000:4e:00): 13, pid=2412, name=python, Graphics SM Warp Exception on "
     "(GPC 0, TPC 1, SM 0): Out Of Range Address"
 )
-# Stands in for nvidia-smi on a lab node, which has no GPU: one healthy GPU, in each query's format.
-FAKE_NVIDIA_SMI = """#!/bin/sh
-# TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): this machine has no GPUs. It answers the
-# queries the appliance makes: appliance top's, the remapped-rows query, and the agent's and QA check's;
-# a GPU reset (-r) is recorded in /var/log/nvidia-smi-resets.log and succeeds.
-case "$*" in
-  "-r"|"-r -i "*)
-    echo "$*" >> /var/log/nvidia-smi-resets.log; echo "GPU 00000000:1A:00.0 was successfully reset." ;;
-  *utilization.gpu*)
-    echo "0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, NVIDIA A100-SXM4-80GB, 535.104.05, 37, 20480, 81920" ;;
-  *--query-remapped-rows*) echo "00000000:4E:00.0, No, No" ;;
-  *) echo "0, 00000000:4E:00.0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, 0, [N/A], 0x0000000000000001" ;;
-esac
-"""
+# Stands in for nvidia-smi on a lab node, which has no GPU (the script says so).
+FAKE_NVIDIA_SMI = (Path(__file__).parent / "nvidia-smi-stand-in.sh").read_text()
 
 
 def lab_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -360,51 +349,6 @@ CERTIFICATES = (
 )
 
 
-def test_the_agent_follows_the_kubelets_rotating_client_certificate():
-    """Issue 21: with 10-minute kubelet certificates (the fixture's cluster-signing-duration, backdated 5
-    minutes by the signer), a kubelet replaces its certificate 5.5-8.5 minutes after it was issued. Once
-    worker-1's kubelet has replaced it twice since the running agent started, and the certificate the agent
-    started with has expired, an Xid 79 line still sets GPUHealthy=False (the agent, with the kubelet's
-    credentials) within 2 s and the taint follows (the controller, with its expiring token). The agent last
-    restarted early in this module (the restart test), so most of the wait has passed by now; the deadline
-    counts from the agent's start: two rotations take at most 17 minutes."""
-
-    def state() -> tuple[float, list[tuple[str, float, float]]]:
-        lines = [line.split() for line in on("worker-1", CERTIFICATES).splitlines()]
-        started = float(lines[-1][1])
-        return started, [(name, float(mtime), float(not_after)) for name, mtime, not_after in lines[:-1]]
-
-    started, _ = state()
-    deadline = started + 20 * 60
-    while True:
-        now, (agent, certificates) = time.time(), state()
-        assert agent == started, "worker-1's agent restarted during the wait"
-        rotated = [name for name, mtime, _ in certificates if mtime > started]
-        at_start = [not_after for _, mtime, not_after in certificates if mtime <= started]
-        if len(rotated) >= 2 and at_start and at_start[-1] < now:
-            break
-        assert now < deadline, (
-            f"no two rotations of worker-1's kubelet certificate within 20 minutes of its agent's start "
-            f"({started:.0f}): {certificates}"
-        )
-        time.sleep(10)
-    print(f"worker-1's kubelet: {len(rotated)} new certificates in its agent's {now - started:.0f} s")
-    assert on("worker-1", "systemctl is-active appliance-gpu-health-agent").strip() == "active"
-    assert gpu_condition("worker-1")["status"] == "True"
-    written = feed("worker-1", XID79)
-    wait_for(lambda: gpu_condition("worker-1").get("status") == "False", 30, "GPUHealthy=False on worker-1")
-    condition_seconds = time.time() - written
-    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
-    taint_seconds = time.time() - written
-    assert gpu_condition("worker-1")["reason"] == "Xid79"
-    print(
-        f"after the rotations: Xid 79 to GPUHealthy=False {condition_seconds:.2f} s, to the taint "
-        f"{taint_seconds:.2f} s (upper bounds: polled every 0.5 s through kubectl, each poll about 0.3 s)"
-    )
-    assert condition_seconds < 2, "GPUHealthy=False took 2 s or longer"
-    readmitted("worker-1")
-
-
 # ------------------------------------------------------------------------------ remediation (issue 22)
 
 # One pod that prefers worker-1 (it starts there) and may run on any worker; pause from the lab's registry.
@@ -472,11 +416,33 @@ LOOP = (
 )
 
 
-def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_readmitted_keeping_a_cordon():
-    result, _ = run_playbook(
-        LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps({"gpu_health_remediation": "auto"})
-    )
+def remediation(policy: str) -> None:
+    """The controller's remediation policy; the circuit breaker lets both GPU workers be isolated at once
+    (the remediation tests isolate them in turn within the breaker's hour)."""
+    settings = {"gpu_health_remediation": policy, "gpu_health_max_isolated_share": 1}
+    result, _ = run_playbook(LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps(settings))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+
+
+def annotations(node: str) -> dict[str, str]:
+    return node_object(node)["metadata"].get("annotations") or {}
+
+
+def resets(node: str) -> list[str]:
+    """The GPU resets the nvidia-smi stand-in on NODE was asked for (its arguments, one reset a line)."""
+    return on(node, "cat /var/log/nvidia-smi-resets.log 2>/dev/null || true").splitlines()
+
+
+def status_row(node: str) -> str:
+    return next((line for line in health("status")[1].get("report", []) if line.startswith(f"{node} ")), "")
+
+
+def xid95(pci: str) -> str:
+    return f"NVRM: Xid (PCI:0000:{pci}): 95, pid=2412, name=python, Uncontained ECC error"
+
+
+def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_readmitted_keeping_a_cordon():
+    remediation("auto")
     applied = lab_kubectl(LAB_ENV, "apply", "-f", "-", stdin=VICTIM)
     assert applied.returncode == 0, applied.stderr
     wait_for(
@@ -517,3 +483,159 @@ def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_re
     assert "remediating" in seen_steps, seen_steps  # health status showed the steps while they happened
     kubectl("uncordon", "worker-1")
     lab_kubectl(LAB_ENV, "delete", "deployment", "victim")
+
+
+def test_a_reset_gpu_fault_resets_the_gpu_it_names_and_does_not_reboot():
+    """Xid 95 (uncontained ECC, action reset-gpu) on worker-3: `nvidia-smi -r -i` on that GPU, with the GPU
+    operator's operands on the node paused for it and put back after; no reboot."""
+    kubectl("label", "--overwrite", "node", "worker-3", "nvidia.com/gpu.deploy.device-plugin=true")
+    before, reset_before = restarts("worker-3"), len(resets("worker-3"))
+    feed("worker-3", xid95("1a:00"))
+    wait_for(lambda: fault_taint("worker-3") == "reset-gpu:NoSchedule", 30, "the fault taint on worker-3")
+    wait_for(
+        lambda: gpu_condition("worker-3").get("reason") == "Remediated",
+        300,
+        "worker-3 re-admitted by the loop",
+    )
+    assert resets("worker-3")[reset_before:] == ["-r -i 00000000:1A:00.0"]
+    assert restarts("worker-3") == before
+    node = node_object("worker-3")
+    assert node["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == "true"
+    assert fault_taint("worker-3") is None and not node["spec"].get("unschedulable")
+    latest = last_events("worker-3")
+    steps = ("GPURemediationDraining", "GPURemediating", "GPUResetting", "GPUResetDone", "GPURemediated")
+    assert all(reason in latest for reason in steps), latest
+    assert not {"GPURebooting", "GPURebooted"} & set(latest)
+
+
+def test_the_third_fault_within_the_window_stays_isolated_for_a_person_and_nothing_reboots():
+    """gpu_health_max_remediations=2 within 24 h: worker-1 was remediated by the loop (the test before) and,
+    as its history annotation is seeded here, once more an hour ago; its next fault is held with reason
+    MultipleRemediations."""
+    history = json.loads(annotations("worker-1").get("appliance.io/gpu-remediation-history", "[]"))
+    assert len(history) == 1, history  # the auto test's remediation
+    earlier = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    seeded = json.dumps([earlier, *history])
+    kubectl("annotate", "--overwrite", "node", "worker-1", f"appliance.io/gpu-remediation-history={seeded}")
+    before = restarts("worker-1")
+    feed("worker-1", XID79)
+    wait_for(
+        lambda: gpu_condition("worker-1").get("reason") == "MultipleRemediations", 30, "MultipleRemediations"
+    )
+    time.sleep(5)  # time for the loop to (wrongly) go on
+    assert fault_taint("worker-1") == "reboot:NoSchedule"
+    assert restarts("worker-1") == before
+    assert "appliance.io/gpu-remediate" not in annotations("worker-1")
+    assert "2 remediations within 86400 s" in events("worker-1", "MultipleRemediations")[-1]["message"]
+    assert "MultipleRemediations" in status_row("worker-1")
+    readmitted("worker-1")  # a person repaired it
+    wait_for(lambda: "appliance.io/gpu-remediation" not in annotations("worker-1"), 30, "the record gone")
+
+
+def test_a_node_drained_for_maintenance_is_isolated_but_not_remediated():
+    result = lab_cli("node", "drain", "worker-1", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    before = restarts("worker-1")
+    feed("worker-1", XID79)
+    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
+    wait_for(lambda: events("worker-1", "GPURemediationSkipped"), 30, "the skip reported")
+    time.sleep(5)
+    assert restarts("worker-1") == before
+    assert not {"appliance.io/gpu-remediation", "appliance.io/gpu-remediate"} & set(annotations("worker-1"))
+    readmitted("worker-1")
+    result = lab_cli("node", "restore", "worker-1", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+
+
+def test_with_manual_remediation_nothing_happens_until_an_approval():
+    remediation("manual")
+    kubectl("annotate", "node", "worker-1", "appliance.io/gpu-remediation-history-")
+    reset_before = len(resets("worker-1"))
+    feed("worker-1", xid95("4e:00"))
+    wait_for(lambda: events("worker-1", "GPURemediationAwaitingApproval"), 30, "the wait for an approval")
+    time.sleep(5)
+    node = node_object("worker-1")
+    assert fault_taint("worker-1") == "reset-gpu:NoSchedule"
+    assert not any(t["key"] == "runai" for t in node["spec"].get("taints") or [])  # not drained
+    assert len(resets("worker-1")) == reset_before
+    assert "awaiting-approval" in status_row("worker-1")
+    result, _ = health("approve", "worker-1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    wait_for(
+        lambda: gpu_condition("worker-1").get("reason") == "Remediated",
+        300,
+        "worker-1 re-admitted by the loop",
+    )
+    assert resets("worker-1")[reset_before:] == ["-r -i 00000000:4E:00.0"]
+    assert fault_taint("worker-1") is None
+
+
+def test_the_agent_follows_the_kubelets_rotating_client_certificate():
+    """Issue 21: with 10-minute kubelet certificates (the fixture's cluster-signing-duration, backdated 5
+    minutes by the signer), a kubelet replaces its certificate 5.5-8.5 minutes after it was issued. Once
+    worker-3's kubelet has replaced it twice since the running agent started, and the certificate the agent
+    started with has expired, an Xid 79 line still sets GPUHealthy=False (the agent, with the kubelet's
+    credentials) within 2 s and the taint follows (the controller). worker-3's agent runs since the
+    bootstrap (the tests restart and reboot worker-1 instead; worker-3 only has its GPU reset), so the tests
+    before this one fill most of the wait; the deadline counts from the agent's start: two rotations take at
+    most 17 minutes. Remediation is `manual` by now: the loop leaves this fault to the re-admission."""
+
+    def state() -> tuple[float, list[tuple[str, float, float]]]:
+        lines = [line.split() for line in on("worker-3", CERTIFICATES).splitlines()]
+        started = float(lines[-1][1])
+        return started, [(name, float(mtime), float(not_after)) for name, mtime, not_after in lines[:-1]]
+
+    started, _ = state()
+    deadline = started + 20 * 60
+    while True:
+        now, (agent, certificates) = time.time(), state()
+        assert agent == started, "worker-3's agent restarted during the wait"
+        rotated = [name for name, mtime, _ in certificates if mtime > started]
+        at_start = [not_after for _, mtime, not_after in certificates if mtime <= started]
+        if len(rotated) >= 2 and at_start and at_start[-1] < now:
+            break
+        assert now < deadline, (
+            f"no two rotations of worker-3's kubelet certificate within 20 minutes of its agent's start "
+            f"({started:.0f}): {certificates}"
+        )
+        time.sleep(10)
+    print(f"worker-3's kubelet: {len(rotated)} new certificates in its agent's {now - started:.0f} s")
+    assert on("worker-3", "systemctl is-active appliance-gpu-health-agent").strip() == "active"
+    assert gpu_condition("worker-3")["status"] == "True"
+    written = feed("worker-3", XID79)
+    wait_for(lambda: gpu_condition("worker-3").get("status") == "False", 30, "GPUHealthy=False on worker-3")
+    condition_seconds = time.time() - written
+    wait_for(lambda: fault_taint("worker-3") == "reboot:NoSchedule", 30, "the fault taint on worker-3")
+    taint_seconds = time.time() - written
+    assert gpu_condition("worker-3")["reason"] == "Xid79"
+    print(
+        f"after the rotations: Xid 79 to GPUHealthy=False {condition_seconds:.2f} s, to the taint "
+        f"{taint_seconds:.2f} s (upper bounds: polled every 0.5 s through kubectl, each poll about 0.3 s)"
+    )
+    assert condition_seconds < 2, "GPUHealthy=False took 2 s or longer"
+    readmitted("worker-3")
+
+
+def test_xid_79_on_both_gpu_nodes_at_once_remediates_one_while_the_other_waits_then_the_other():
+    remediation("auto")
+    for node in ("worker-1", "worker-3"):
+        kubectl("annotate", "node", node, "appliance.io/gpu-remediation-history-")
+    before = {node: restarts(node) for node in ("worker-1", "worker-3")}
+    feed("worker-1", XID79)
+    feed("worker-3", XID79)
+    wait_for(
+        lambda: all(fault_taint(n) == "reboot:NoSchedule" for n in ("worker-1", "worker-3")),
+        30,
+        "both isolated",
+    )
+
+    def both_readmitted() -> bool:
+        return all(gpu_condition(n).get("reason") == "Remediated" for n in ("worker-1", "worker-3"))
+
+    wait_for(both_readmitted, 900, "both re-admitted by the loop, one after the other")
+    assert {node: restarts(node) for node in before} == {node: n + 1 for node, n in before.items()}
+    waited = [node for node in ("worker-1", "worker-3") if events(node, "GPURemediationWaiting")]
+    assert len(waited) == 1, waited
+    first = "worker-3" if waited == ["worker-1"] else "worker-1"
+    # The one that waited started draining only after the first was re-admitted.
+    assert last_events(first)["GPURemediated"] <= last_events(waited[0])["GPURemediationDraining"]
