@@ -233,3 +233,28 @@ def test_fields_added_later_leave_the_digests_of_cached_builds_alone(monkeypatch
     assert gobuild.recipe_digest(gobuild.GoTarget(**{**target.__dict__, "replaces": ("a => b v1",)})) != (
         gobuild.recipe_digest(target)
     )
+
+
+def test_node_feature_discovery_builds_from_its_release_s_source_beside_the_checkout():
+    """The proxy refuses the module: its source is ../shared/upstream/node-feature-discovery-v0.10.1 (as the
+    GPU operator's chart), built as its Makefile builds the image (version, the chart's /host- mounts)."""
+    target = gobuild.targets(versions.load(versions.versions_file(PROJECT)), PROJECT)[
+        "node-feature-discovery"
+    ]
+    assert target.local_source == str(
+        (PROJECT.parent / "shared/upstream/node-feature-discovery-v0.10.1").resolve()
+    )
+    assert (target.module, target.version) == ("sigs.k8s.io/node-feature-discovery", "v0.10.1")
+    assert set(target.binaries) == {"nfd-master", "nfd-worker", "nfd-topology-updater"}
+    assert target.binaries["nfd-worker"] == "sigs.k8s.io/node-feature-discovery/cmd/nfd-worker"
+    assert "-X sigs.k8s.io/node-feature-discovery/pkg/version.version=v0.10.1" in target.ldflags
+    assert "-X sigs.k8s.io/node-feature-discovery/source.pathPrefix=/host-" in target.ldflags
+    assert target.files == ("deployment/components/worker-config/nfd-worker.conf.example",)
+    assert target.replaces == ("github.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.2",)
+
+
+def test_grpc_health_probe_is_a_module_of_its_own():
+    target = targets()["grpc-health-probe"]
+    assert (target.module, target.version) == ("github.com/grpc-ecosystem/grpc-health-probe", "v0.4.10")
+    assert target.binaries == {"grpc_health_probe": "github.com/grpc-ecosystem/grpc-health-probe"}
+    assert target.local_source is None and target.replaces == ()

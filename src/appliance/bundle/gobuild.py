@@ -40,6 +40,9 @@ CNI_PLUGINS = (
     "main/vlan", "ipam/dhcp", "ipam/host-local", "ipam/static", "meta/bandwidth", "meta/firewall",
     "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf",
 )  # fmt: skip
+# The programs of node-feature-discovery's image, and the worker configuration it ships.
+NFD_COMMANDS = ("nfd-master", "nfd-worker", "nfd-topology-updater")
+NFD_WORKER_CONF = "deployment/components/worker-config/nfd-worker.conf.example"
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ class GoTarget:
         return [*self.binaries, *self.files]
 
 
-def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
-    """The Go builds of the bundle, from versions.yml's data."""
+def targets(data: dict[str, Any], project: Path | None = None) -> dict[str, GoTarget]:
+    """The Go builds of the bundle, from versions.yml's data; local sources are relative to PROJECT
+    (the checkout, by default this one)."""
     kube = data["kubernetes"]
     version = kube["version"]
     major, minor = version.lstrip("v").split(".")[:2]
@@ -98,6 +102,9 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
     helm = binaries["helm"]["version"]
     crictl = binaries["crictl"]
     cni = binaries["cni-plugins"]["version"]
+    nfd = images["node-feature-discovery"]
+    nfd_version = _tag(nfd["image"])
+    health_probe = nfd["grpc_health_probe"]
     return {
         target.name: target
         for target in (
@@ -208,6 +215,30 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                     "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion="
                     + _tag(images["flannel-cni-plugin"]["image"]),
                 ),
+            ),
+            GoTarget(
+                "node-feature-discovery",
+                nfd["go_module"],
+                nfd_version,
+                {name: f"{nfd['go_module']}/cmd/{name}" for name in NFD_COMMANDS},
+                # As its Makefile builds the image: the host's files are read under /host-boot, /host-sys,
+                # ... where the chart's worker mounts them.
+                ldflags=(
+                    "-s",
+                    "-w",
+                    f"-X {nfd['go_module']}/pkg/version.version={nfd_version}",
+                    f"-X {nfd['go_module']}/source.pathPrefix=/host-",
+                ),
+                files=(NFD_WORKER_CONF,),
+                local_source=str(((project or paths.project_root()) / nfd["source"]).resolve()),
+                replaces=tuple(nfd.get("go_replace", ())),
+            ),
+            GoTarget(
+                "grpc-health-probe",
+                health_probe["go_module"],
+                health_probe["version"],
+                {"grpc_health_probe": health_probe["go_module"]},
+                ldflags=("-s", "-w"),
             ),
         )
     }
