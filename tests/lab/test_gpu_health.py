@@ -337,6 +337,111 @@ def test_bad_input_is_refused_before_any_change():
     assert result.returncode == 1
     assert "gpu_health_max_isolated_share=2 (more than 0, at most 1)" in summary["failures"][0]["message"]
     assert on("cp-1", "md5sum /etc/appliance/gpu-health/controller.yml") == before
+    # A ServiceMonitor required where the cluster has no such kind: every node stops before any change.
+    result, summary = run_playbook(
+        LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps({"gpu_health_service_monitor": "true"})
+    )
+    assert result.returncode != 0
+    messages = {f["host"]: f["message"] for f in summary["failures"]}
+    assert sorted(messages) == ["cp-1", "worker-1", "worker-3"], messages
+    assert all("the cluster has no ServiceMonitor kind" in m for m in messages.values()), messages
+    assert set(changed(summary).values()) == {0}, changed(summary)
+
+
+# The Prometheus operator's ServiceMonitor kind, as its CRD names it: a STAND-IN with an open schema (the lab
+# carries no Prometheus operator); enough for the API server to store the role's ServiceMonitor.
+SERVICE_MONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names:
+    kind: ServiceMonitor
+    listKind: ServiceMonitorList
+    plural: servicemonitors
+    singular: servicemonitor
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"""
+
+
+def test_prometheus_inside_the_cluster_finds_the_agents_and_the_controller():
+    """The Services and Endpoints name each agent's and the controller's node address, and each serves its
+    metrics there; where the cluster has the ServiceMonitor kind (a stand-in CRD here), a run adds the
+    ServiceMonitor with one job per Service, named as the alert rules expect; a second run changes nothing."""
+    endpoints = json.loads(kubectl("-n", "kube-system", "get", "endpoints", "-o", "json"))["items"]
+    targets = {
+        e["metadata"]["name"]: [
+            (a["nodeName"], a["ip"], p["port"])
+            for s in e["subsets"]
+            for a in s["addresses"]
+            for p in s["ports"]
+        ]
+        for e in endpoints
+        if e["metadata"]["name"].startswith("appliance-gpu-health-")
+    }
+    assert {name: [t[0] for t in found] for name, found in targets.items()} == {
+        "appliance-gpu-health-agent": ["worker-1", "worker-3"],
+        "appliance-gpu-health-controller": ["cp-1"],
+    }
+    for node, ip, port in targets["appliance-gpu-health-agent"] + targets["appliance-gpu-health-controller"]:
+        internal = [
+            a["address"] for a in node_object(node)["status"]["addresses"] if a["type"] == "InternalIP"
+        ]
+        assert [ip] == internal
+        metrics = on(
+            "cp-1",
+            f"python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{ip}:{port}/metrics\").read().decode())'",
+        )
+        assert "appliance_gpu_" in metrics, (node, metrics[:500])
+    applied = lab_kubectl(LAB_ENV, "apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
+    assert applied.returncode == 0, applied.stderr
+    wait_for(
+        lambda: (
+            "Established"
+            in kubectl(
+                "get",
+                "crd",
+                "servicemonitors.monitoring.coreos.com",
+                "-o",
+                "jsonpath={.status.conditions[*].type}",
+            )
+        ),
+        60,
+        "the stand-in CRD established",
+    )
+    settings = {"gpu_health_service_monitor_labels": {"release": "prometheus"}}
+    result, summary = run_playbook(LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps(settings))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert changed(summary)["cp-1"] > 0
+    monitor = json.loads(
+        kubectl("-n", "kube-system", "get", "servicemonitor", "appliance-gpu-health", "-o", "json")
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["jobLabel"] == "appliance.io/metrics-job"
+    jobs = json.loads(
+        kubectl(
+            "-n",
+            "kube-system",
+            "get",
+            "services",
+            "-l",
+            "app.kubernetes.io/part-of=appliance-gpu-health",
+            "-o",
+            "json",
+        )
+    )["items"]
+    assert sorted(s["metadata"]["labels"]["appliance.io/metrics-job"] for s in jobs) == [
+        "appliance-gpu-health-agent",
+        "appliance-gpu-health-controller",
+    ]
+    result, summary = run_playbook(LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps(settings))
+    assert result.returncode == 0 and set(changed(summary).values()) == {0}, changed(summary)
 
 
 # The kubelet's client certificates on a node, oldest first, each as "FILE MTIME NOT-AFTER" (epoch seconds),
