@@ -454,6 +454,55 @@ CERTIFICATES = (
 )
 
 
+# ------------------------------------------------------------------------ nvidia-smi's signals (issue 22)
+
+RECORDED = Path(__file__).parents[1] / "unit/fixtures/nvidia-smi"
+
+
+def answer_with(node: str, gpus: str, rows: str, delay: int = 0) -> None:
+    """A STAND-IN nvidia-smi on NODE that answers the agent's two queries with the recorded outputs GPUS
+    and ROWS (tests/unit/fixtures/nvidia-smi, composed in nvidia-smi's format: no GPU here), after DELAY
+    seconds (a hung driver); the agent restarted, so that its first check reads it at once."""
+    script = (
+        "#!/bin/sh\n# TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): recorded output, no GPU.\n"
+        f"sleep {delay}\n"
+        'case "$*" in *--query-remapped-rows*) cat /var/lib/nvidia-smi-rows.csv ;;'
+        " *) cat /var/lib/nvidia-smi-gpus.csv ;; esac\n"
+    )
+    on(
+        node,
+        f"cat > /var/lib/nvidia-smi-gpus.csv <<'EOF'\n{(RECORDED / gpus).read_text()}EOF\n"
+        f"cat > /var/lib/nvidia-smi-rows.csv <<'EOF'\n{(RECORDED / rows).read_text()}EOF\n"
+        f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{script}EOF\n"
+        "chmod 0755 /usr/local/bin/nvidia-smi; systemctl restart appliance-gpu-health-agent",
+    )
+
+
+def test_a_failed_row_remapping_and_a_hung_driver_isolate_with_their_reasons_on_recorded_output():
+    answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-failure.csv")
+    wait_for(lambda: gpu_condition("worker-1").get("reason") == "RowRemapFailure", 30, "RowRemapFailure")
+    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
+    message = gpu_condition("worker-1")["message"]
+    assert "00000000:87:00.0" in message and "replac" in message, message
+    assert events("worker-1", "RowRemapFailure")
+    install_fake_nvidia_smi("worker-1")  # a GPU that passes QA again
+    readmitted("worker-1")
+
+    # nvidia-smi hangs past gpu_health_smi_timeout (30 s): the driver counts as unresponsive.
+    answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-ok.csv", delay=40)
+    wait_for(
+        lambda: gpu_condition("worker-1").get("reason") == "DriverUnresponsive", 60, "DriverUnresponsive"
+    )
+    assert fault_taint("worker-1") == "reboot:NoSchedule"
+    metrics = on(
+        "worker-1",
+        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())'",
+    )
+    assert 'appliance_gpu_nvidia_smi_up{node="worker-1"} 0' in metrics
+    install_fake_nvidia_smi("worker-1")
+    readmitted("worker-1")
+
+
 # ------------------------------------------------------------------------------ remediation (issue 22)
 
 # One pod that prefers worker-1 (it starts there) and may run on any worker; pause from the lab's registry.
