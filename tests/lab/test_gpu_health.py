@@ -555,7 +555,9 @@ def last_events(node: str) -> dict[str, str]:
     )
     latest: dict[str, str] = {}
     for event in listing["items"]:
-        latest[event["reason"]] = max(latest.get(event["reason"], ""), event["lastTimestamp"])
+        # Some of the cluster's own Events on a node (after its reboot) carry an eventTime only.
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+        latest[event["reason"]] = max(latest.get(event["reason"], ""), stamp)
     return latest
 
 
