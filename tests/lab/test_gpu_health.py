@@ -58,6 +58,12 @@ def feed(node: str, *lines: str) -> float:
     return float(on(node, f"printf '%s\\n' {quoted} >> {FEED}; date +%s.%N"))
 
 
+def metrics(node: str, address: str = "127.0.0.1:9465") -> str:
+    """What NODE fetches from http://ADDRESS/metrics (by default its own agent's)."""
+    script = f"import urllib.request as u; print(u.urlopen('http://{address}/metrics').read().decode())"
+    return on(node, f'python3 -c "{script}"')
+
+
 def kubectl(*args: str) -> str:
     result = lab_kubectl(LAB_ENV, *args)
     assert result.returncode == 0, result.stderr
@@ -150,16 +156,10 @@ def test_every_gpu_worker_reports_gpu_healthy_and_the_controller_serves_its_brea
         assert on(name, "systemctl is-active appliance-gpu-health-agent").strip() == "active"
     assert gpu_condition("worker-2") == {}, "the CPU worker runs no agent"
     assert on("cp-1", "systemctl is-active appliance-gpu-health-controller").strip() == "active"
-    metrics = on(
-        "cp-1",
-        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9466/metrics\").read().decode())'",
-    )
-    assert "appliance_gpu_controller_budget 1" in metrics  # 20 % of 2 GPU nodes, at least one
-    agent_metrics = on(
-        "worker-1",
-        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())'",
-    )
-    assert 'appliance_gpu_healthy{node="worker-1"} 1' in agent_metrics
+    assert "appliance_gpu_controller_budget 1" in metrics(
+        "cp-1", "127.0.0.1:9466"
+    )  # 20 % of 2 GPU nodes, at least one
+    assert 'appliance_gpu_healthy{node="worker-1"} 1' in metrics("worker-1")
     # The controller's kubeconfig names a token file, both root's alone; the token expires (TokenRequest,
     # renewed hourly by a timer), and no token Secret of the toolkit's is left.
     assert on("cp-1", "stat -c %a /etc/appliance/gpu-health/controller.kubeconfig").strip() == "600"
@@ -394,11 +394,8 @@ def test_prometheus_inside_the_cluster_finds_the_agents_and_the_controller():
             a["address"] for a in node_object(node)["status"]["addresses"] if a["type"] == "InternalIP"
         ]
         assert [ip] == internal
-        metrics = on(
-            "cp-1",
-            f"python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{ip}:{port}/metrics\").read().decode())'",
-        )
-        assert "appliance_gpu_" in metrics, (node, metrics[:500])
+        served = metrics("cp-1", f"{ip}:{port}")
+        assert "appliance_gpu_" in served, (node, served[:500])
     applied = lab_kubectl(LAB_ENV, "apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
     assert applied.returncode == 0, applied.stderr
     wait_for(
@@ -494,11 +491,7 @@ def test_a_failed_row_remapping_and_a_hung_driver_isolate_with_their_reasons_on_
         lambda: gpu_condition("worker-1").get("reason") == "DriverUnresponsive", 60, "DriverUnresponsive"
     )
     assert fault_taint("worker-1") == "reboot:NoSchedule"
-    metrics = on(
-        "worker-1",
-        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())'",
-    )
-    assert 'appliance_gpu_nvidia_smi_up{node="worker-1"} 0' in metrics
+    assert 'appliance_gpu_nvidia_smi_up{node="worker-1"} 0' in metrics("worker-1")
     install_fake_nvidia_smi("worker-1")
     readmitted("worker-1")
 
