@@ -20,9 +20,9 @@ the real controller on cp-1.
    for nvidia-smi on worker-1 (no GPU here; tests/lab/nvidia-smi-stand-in.sh), an Xid 79 line, then a poll
    of worker-1's Node object every 0.2 s notes when each step is first seen: the fault taint, the
    controller's record in draining, remediating (the agent's instruction written), confirmed (the agent
-   reported the new boot: worker-1's container restarted), and the condition GPUHealthy=True with reason
-   Remediated (QA passed, taints removed). The remediation history annotation is cleared between rounds
-   (else the third round would be held by gpu_health_max_remediations).
+   reported the new boot; worker-1's container restarted once, checked), and the condition
+   GPUHealthy=True with reason Remediated (QA passed, taints removed). The remediation history annotation
+   is cleared between rounds (else the third round would be held by gpu_health_max_remediations).
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ def measure_loop(client: Client, rounds: int) -> list[dict[str, float]]:
     on("worker-1", "chmod 0755 /usr/local/bin/nvidia-smi")
     results = []
     for _ in range(rounds):
+        boots = container_restarts()
         patch = {"metadata": {"annotations": {loop.HISTORY: None}}}
         client.patch("/api/v1/nodes/worker-1", patch, "merge")
         seen: dict[str, float] = {}
@@ -211,8 +212,26 @@ def measure_loop(client: Client, rounds: int) -> list[dict[str, float]]:
                 ]:  # a step between two polls: seen at the later one
                     seen.setdefault(passed, time.monotonic() - started)
             time.sleep(0.2)
+        deadline = time.monotonic() + 30  # docker may count the restart a moment after the node is back
+        while container_restarts() == boots and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if container_restarts() != boots + 1:
+            agent = loop.agent_condition(nodeapi.get_node(client, "worker-1"))
+            sys.exit(
+                f"worker-1's container restarted {container_restarts() - boots} times in a round, not once "
+                f"(steps seen: {seen}; the agent: {agent.get('reason')}: {agent.get('message')})"
+            )
         results.append(seen)
     return results
+
+
+def container_restarts() -> int:
+    """How often worker-1's container restarted: once per reboot of the node (lab nodes: on-failure)."""
+    name = f"appliance-{ENV['APPLIANCE_LAB_NAME']}-worker-1"
+    result = subprocess.run(
+        ["docker", "inspect", "-f", "{{.RestartCount}}", name], capture_output=True, text=True
+    )
+    return int(result.stdout)
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -58,6 +58,12 @@ def feed(node: str, *lines: str) -> float:
     return float(on(node, f"printf '%s\\n' {quoted} >> {FEED}; date +%s.%N"))
 
 
+def metrics(node: str, address: str = "127.0.0.1:9465") -> str:
+    """What NODE fetches from http://ADDRESS/metrics (by default its own agent's)."""
+    script = f"import urllib.request as u; print(u.urlopen('http://{address}/metrics').read().decode())"
+    return on(node, f'python3 -c "{script}"')
+
+
 def kubectl(*args: str) -> str:
     result = lab_kubectl(LAB_ENV, *args)
     assert result.returncode == 0, result.stderr
@@ -150,16 +156,10 @@ def test_every_gpu_worker_reports_gpu_healthy_and_the_controller_serves_its_brea
         assert on(name, "systemctl is-active appliance-gpu-health-agent").strip() == "active"
     assert gpu_condition("worker-2") == {}, "the CPU worker runs no agent"
     assert on("cp-1", "systemctl is-active appliance-gpu-health-controller").strip() == "active"
-    metrics = on(
-        "cp-1",
-        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9466/metrics\").read().decode())'",
-    )
-    assert "appliance_gpu_controller_budget 1" in metrics  # 20 % of 2 GPU nodes, at least one
-    agent_metrics = on(
-        "worker-1",
-        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:9465/metrics\").read().decode())'",
-    )
-    assert 'appliance_gpu_healthy{node="worker-1"} 1' in agent_metrics
+    assert "appliance_gpu_controller_budget 1" in metrics(
+        "cp-1", "127.0.0.1:9466"
+    )  # 20 % of 2 GPU nodes, at least one
+    assert 'appliance_gpu_healthy{node="worker-1"} 1' in metrics("worker-1")
     # The controller's kubeconfig names a token file, both root's alone; the token expires (TokenRequest,
     # renewed hourly by a timer), and no token Secret of the toolkit's is left.
     assert on("cp-1", "stat -c %a /etc/appliance/gpu-health/controller.kubeconfig").strip() == "600"
@@ -337,6 +337,108 @@ def test_bad_input_is_refused_before_any_change():
     assert result.returncode == 1
     assert "gpu_health_max_isolated_share=2 (more than 0, at most 1)" in summary["failures"][0]["message"]
     assert on("cp-1", "md5sum /etc/appliance/gpu-health/controller.yml") == before
+    # A ServiceMonitor required where the cluster has no such kind: every node stops before any change.
+    result, summary = run_playbook(
+        LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps({"gpu_health_service_monitor": "true"})
+    )
+    assert result.returncode != 0
+    messages = {f["host"]: f["message"] for f in summary["failures"]}
+    assert sorted(messages) == ["cp-1", "worker-1", "worker-3"], messages
+    assert all("the cluster has no ServiceMonitor kind" in m for m in messages.values()), messages
+    assert set(changed(summary).values()) == {0}, changed(summary)
+
+
+# The Prometheus operator's ServiceMonitor kind, as its CRD names it: a STAND-IN with an open schema (the lab
+# carries no Prometheus operator); enough for the API server to store the role's ServiceMonitor.
+SERVICE_MONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names:
+    kind: ServiceMonitor
+    listKind: ServiceMonitorList
+    plural: servicemonitors
+    singular: servicemonitor
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"""
+
+
+def test_prometheus_inside_the_cluster_finds_the_agents_and_the_controller():
+    """The Services and Endpoints name each agent's and the controller's node address, and each serves its
+    metrics there; where the cluster has the ServiceMonitor kind (a stand-in CRD here), a run adds the
+    ServiceMonitor with one job per Service, named as the alert rules expect; a second run changes nothing."""
+    endpoints = json.loads(kubectl("-n", "kube-system", "get", "endpoints", "-o", "json"))["items"]
+    targets = {
+        e["metadata"]["name"]: [
+            (a["nodeName"], a["ip"], p["port"])
+            for s in e["subsets"]
+            for a in s["addresses"]
+            for p in s["ports"]
+        ]
+        for e in endpoints
+        if e["metadata"]["name"].startswith("appliance-gpu-health-")
+    }
+    assert {name: [t[0] for t in found] for name, found in targets.items()} == {
+        "appliance-gpu-health-agent": ["worker-1", "worker-3"],
+        "appliance-gpu-health-controller": ["cp-1"],
+    }
+    for node, ip, port in targets["appliance-gpu-health-agent"] + targets["appliance-gpu-health-controller"]:
+        internal = [
+            a["address"] for a in node_object(node)["status"]["addresses"] if a["type"] == "InternalIP"
+        ]
+        assert [ip] == internal
+        served = metrics("cp-1", f"{ip}:{port}")
+        assert "appliance_gpu_" in served, (node, served[:500])
+    applied = lab_kubectl(LAB_ENV, "apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
+    assert applied.returncode == 0, applied.stderr
+    wait_for(
+        lambda: (
+            "Established"
+            in kubectl(
+                "get",
+                "crd",
+                "servicemonitors.monitoring.coreos.com",
+                "-o",
+                "jsonpath={.status.conditions[*].type}",
+            )
+        ),
+        60,
+        "the stand-in CRD established",
+    )
+    settings = {"gpu_health_service_monitor_labels": {"release": "prometheus"}}
+    result, summary = run_playbook(LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps(settings))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert changed(summary)["cp-1"] > 0
+    monitor = json.loads(
+        kubectl("-n", "kube-system", "get", "servicemonitor", "appliance-gpu-health", "-o", "json")
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["jobLabel"] == "appliance.io/metrics-job"
+    jobs = json.loads(
+        kubectl(
+            "-n",
+            "kube-system",
+            "get",
+            "services",
+            "-l",
+            "app.kubernetes.io/part-of=appliance-gpu-health",
+            "-o",
+            "json",
+        )
+    )["items"]
+    assert sorted(s["metadata"]["labels"]["appliance.io/metrics-job"] for s in jobs) == [
+        "appliance-gpu-health-agent",
+        "appliance-gpu-health-controller",
+    ]
+    result, summary = run_playbook(LAB_ENV, "playbooks/gpu_health.yml", "-e", json.dumps(settings))
+    assert result.returncode == 0 and set(changed(summary).values()) == {0}, changed(summary)
 
 
 # The kubelet's client certificates on a node, oldest first, each as "FILE MTIME NOT-AFTER" (epoch seconds),
@@ -347,6 +449,51 @@ CERTIFICATES = (
     " echo agent $(date -d"
     ' "$(systemctl show -p ActiveEnterTimestamp --value appliance-gpu-health-agent)" +%s)'
 )
+
+
+# ------------------------------------------------------------------------ nvidia-smi's signals (issue 22)
+
+RECORDED = Path(__file__).parents[1] / "unit/fixtures/nvidia-smi"
+
+
+def answer_with(node: str, gpus: str, rows: str, delay: int = 0) -> None:
+    """A STAND-IN nvidia-smi on NODE that answers the agent's two queries with the recorded outputs GPUS
+    and ROWS (tests/unit/fixtures/nvidia-smi, composed in nvidia-smi's format: no GPU here), after DELAY
+    seconds (a hung driver); the agent restarted, so that its first check reads it at once."""
+    script = (
+        "#!/bin/sh\n# TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py): recorded output, no GPU.\n"
+        f"sleep {delay}\n"
+        'case "$*" in *--query-remapped-rows*) cat /var/lib/nvidia-smi-rows.csv ;;'
+        " *) cat /var/lib/nvidia-smi-gpus.csv ;; esac\n"
+    )
+    on(
+        node,
+        f"cat > /var/lib/nvidia-smi-gpus.csv <<'EOF'\n{(RECORDED / gpus).read_text()}EOF\n"
+        f"cat > /var/lib/nvidia-smi-rows.csv <<'EOF'\n{(RECORDED / rows).read_text()}EOF\n"
+        f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{script}EOF\n"
+        "chmod 0755 /usr/local/bin/nvidia-smi; systemctl restart appliance-gpu-health-agent",
+    )
+
+
+def test_a_failed_row_remapping_and_a_hung_driver_isolate_with_their_reasons_on_recorded_output():
+    answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-failure.csv")
+    wait_for(lambda: gpu_condition("worker-1").get("reason") == "RowRemapFailure", 30, "RowRemapFailure")
+    wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
+    message = gpu_condition("worker-1")["message"]
+    assert "00000000:87:00.0" in message and "replac" in message, message
+    assert events("worker-1", "RowRemapFailure")
+    install_fake_nvidia_smi("worker-1")  # a GPU that passes QA again
+    readmitted("worker-1")
+
+    # nvidia-smi hangs past gpu_health_smi_timeout (30 s): the driver counts as unresponsive.
+    answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-ok.csv", delay=40)
+    wait_for(
+        lambda: gpu_condition("worker-1").get("reason") == "DriverUnresponsive", 60, "DriverUnresponsive"
+    )
+    assert fault_taint("worker-1") == "reboot:NoSchedule"
+    assert 'appliance_gpu_nvidia_smi_up{node="worker-1"} 0' in metrics("worker-1")
+    install_fake_nvidia_smi("worker-1")
+    readmitted("worker-1")
 
 
 # ------------------------------------------------------------------------------ remediation (issue 22)
@@ -401,7 +548,9 @@ def last_events(node: str) -> dict[str, str]:
     )
     latest: dict[str, str] = {}
     for event in listing["items"]:
-        latest[event["reason"]] = max(latest.get(event["reason"], ""), event["lastTimestamp"])
+        # Some of the cluster's own Events on a node (after its reboot) carry an eventTime only.
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+        latest[event["reason"]] = max(latest.get(event["reason"], ""), stamp)
     return latest
 
 
@@ -468,7 +617,9 @@ def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_re
         return condition.get("status") == "True" and condition.get("reason") == "Remediated"
 
     wait_for(readmitted_by_the_loop, 600, "worker-1 re-admitted by the remediation loop")
-    assert restarts("worker-1") == before + 1  # rebooted: its container restarted once
+    # Rebooted: its container restarted once (docker may count it a moment after the node is back).
+    wait_for(lambda: restarts("worker-1") > before, 30, "worker-1's container restarted")
+    assert restarts("worker-1") == before + 1
     node = node_object("worker-1")
     assert fault_taint("worker-1") is None
     assert not any(t["key"] == "runai" for t in node["spec"].get("taints") or [])
@@ -633,6 +784,7 @@ def test_xid_79_on_both_gpu_nodes_at_once_remediates_one_while_the_other_waits_t
         return all(gpu_condition(n).get("reason") == "Remediated" for n in ("worker-1", "worker-3"))
 
     wait_for(both_readmitted, 900, "both re-admitted by the loop, one after the other")
+    wait_for(lambda: all(restarts(n) > before[n] for n in before), 30, "both containers restarted")
     assert {node: restarts(node) for node in before} == {node: n + 1 for node, n in before.items()}
     waited = [node for node in ("worker-1", "worker-3") if events(node, "GPURemediationWaiting")]
     assert len(waited) == 1, waited

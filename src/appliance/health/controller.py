@@ -299,27 +299,37 @@ class Controller:
     def metrics(self) -> str:
         result = self.last_plan
         lines = []
-        for key, help_text in (
-            ("isolations", "GPU nodes the controller tainted."),
-            ("deferred", "Isolations the circuit breaker deferred."),
-            ("dry_run", "Isolations a dry run recorded instead of doing."),
-            ("api_errors", "Failed calls to the Kubernetes API."),
+        counters = self.remediator.counters
+        for name, value, help_text in (
+            ("isolations", self.counters["isolations"], "GPU nodes the controller tainted."),
+            ("deferred", self.counters["deferred"], "Isolations the circuit breaker deferred."),
+            ("dry_run", self.counters["dry_run"], "Isolations a dry run recorded instead of doing."),
+            ("api_errors", self.counters["api_errors"], "Failed calls to the Kubernetes API."),
+            (
+                "remediations_started",
+                counters["started"],
+                "Remediations started (a node drained for a reboot or a GPU reset).",
+            ),
+            (
+                "remediations_remediated",
+                counters["remediated"],
+                "Remediations that ended with the node re-admitted.",
+            ),
+            (
+                "remediations_failed",
+                counters["failed"],
+                "Remediations that failed (drain, reset, QA or a step timed out): the node stays.",
+            ),
+            (
+                "remediations_held",
+                counters["held"],
+                "Faults left for a person after too many remediations (MultipleRemediations).",
+            ),
         ):
             lines += [
-                f"# HELP appliance_gpu_controller_{key}_total {help_text}",
-                f"# TYPE appliance_gpu_controller_{key}_total counter",
-                f"appliance_gpu_controller_{key}_total {self.counters[key]}",
-            ]
-        for key, help_text in (
-            ("started", "Remediations started (a node drained for a reboot or a GPU reset)."),
-            ("remediated", "Remediations that ended with the node re-admitted."),
-            ("failed", "Remediations that failed (drain, reset, QA or a step timed out): the node stays."),
-            ("held", "Faults left for a person after too many remediations (MultipleRemediations)."),
-        ):
-            lines += [
-                f"# HELP appliance_gpu_controller_remediations_{key}_total {help_text}",
-                f"# TYPE appliance_gpu_controller_remediations_{key}_total counter",
-                f"appliance_gpu_controller_remediations_{key}_total {self.remediator.counters[key]}",
+                f"# HELP appliance_gpu_controller_{name}_total {help_text}",
+                f"# TYPE appliance_gpu_controller_{name}_total counter",
+                f"appliance_gpu_controller_{name}_total {value}",
             ]
         lines += self.isolation_latency.render(
             "appliance_gpu_controller_isolation_seconds",

@@ -167,13 +167,9 @@ class Remediator:
         query = urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={name}"})
         namespace = self.settings.operator_namespace
         pods = self.client.get(f"/api/v1/namespaces/{namespace}/pods?{query}").get("items", [])
-        apps = (
-            "nvidia-device-plugin-daemonset",
-            "gpu-feature-discovery",
-            "nvidia-dcgm-exporter",
-            "nvidia-dcgm",
-        )
-        return [nodeapi.name_of(p) for p in pods if (p["metadata"].get("labels") or {}).get("app") in apps]
+        return [
+            nodeapi.name_of(p) for p in pods if (p["metadata"].get("labels") or {}).get("app") in OPERAND_APPS
+        ]
 
     # -- the transitions -----------------------------------------------------------------------------
     def do_await(self, node: dict[str, Any], t: Transition) -> None:
