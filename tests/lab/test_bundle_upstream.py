@@ -252,8 +252,7 @@ def test_images_chart_and_manifest_come_from_the_registry_and_repositories(bundl
     with tarfile.open(bundle / "images" / "k8s.gcr.io_coredns_coredns_v1.8.6.tar") as tar:
         (entry,) = json.load(tar.extractfile("manifest.json"))
     assert entry["RepoTags"] == ["k8s.gcr.io/coredns/coredns:v1.8.6"]
-    # Every image of versions.yml, node-feature-discovery's and the GPU operator's too (which
-    # `--source build` makes only for the operator).
+    # Every image of versions.yml, node-feature-discovery's and the GPU operator's too.
     names = {path.name for path in (bundle / "images").iterdir()}
     for file_name in (
         "k8s.gcr.io_nfd_node-feature-discovery_v0.10.1.tar",

@@ -314,7 +314,7 @@ def helm_releases() -> list[dict]:
 def test_the_gpu_operator_runs_from_the_private_registry_with_the_cluster_runtime(converged):
     """site.yml's platform.yml: chart v1.11.1 released, its CRD and ClusterPolicy with the cluster's runtime,
     and the operator Running on the image the bundle built from its Go module, pulled from the private
-    registry. There is no GPU here (and no NFD image): the operator finds no GPU node and says so."""
+    registry. There is no GPU here: the operator finds no GPU node and says so."""
     assert [
         (r["namespace"], r["chart"], r["status"]) for r in helm_releases() if r["name"] == "gpu-operator"
     ] == [("gpu-operator", "gpu-operator-v1.11.1", "deployed")]
@@ -333,6 +333,37 @@ def test_the_gpu_operator_runs_from_the_private_registry_with_the_cluster_runtim
     while "No GPU node" not in (log := kubectl("-n", "gpu-operator", "logs", pod["metadata"]["name"]).stdout):
         assert time.monotonic() < deadline, log[-2000:]
         time.sleep(3)
+
+
+def test_node_feature_discovery_labels_every_node_from_the_image_the_bundle_built(converged):
+    """The chart's node-feature-discovery (the role's default gpu_operator_nfd_enabled): its master Ready,
+    which its probes (grpc_health_probe) decide, a worker Ready on every node, each pod on the image the
+    bundle built from NFD's source; each node labelled from the host's files the worker reads under
+    /host-etc, /host-sys, ... (Debian 12's os-release)."""
+    selector = "app.kubernetes.io/name=node-feature-discovery"
+    deadline = time.monotonic() + 300
+    while True:
+        pods = kube_json("-n", "gpu-operator", "get", "pods", "-l", selector)["items"]
+        roles = sorted(pod["metadata"]["labels"].get("role", "") for pod in pods)
+        if roles == ["master", *["worker"] * len(NODES)] and all(pod_settled(pod) for pod in pods):
+            break
+        states = [
+            (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses"))
+            for p in pods
+        ]
+        assert time.monotonic() < deadline, states
+        time.sleep(5)
+    assert {p["spec"]["nodeName"] for p in pods if p["metadata"]["labels"]["role"] == "worker"} == set(NODES)
+    for pod in pods:
+        assert pod["spec"]["containers"][0]["image"] == "172.28.4.10:5000/nfd/node-feature-discovery:v0.10.1"
+    deadline = time.monotonic() + 120
+    for node in NODES:
+        while (labels := kube_json("get", "node", node)["metadata"]["labels"]).get(
+            "feature.node.kubernetes.io/system-os_release.ID"
+        ) != "debian":
+            assert time.monotonic() < deadline, (node, labels)
+            time.sleep(5)
+        assert labels["feature.node.kubernetes.io/system-os_release.VERSION_ID"] == "12", (node, labels)
 
 
 def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converged):

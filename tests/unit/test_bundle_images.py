@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from appliance.bundle import images, versions
+from appliance.bundle import gobuild, images, versions
 from appliance.errors import ApplianceError
+from tests.conftest import PROJECT
 
 ETCD = "k8s.gcr.io/etcd:3.5.1-0"
 KUBE_PROXY = "k8s.gcr.io/kube-proxy:v1.23.5"
@@ -33,12 +35,13 @@ def test_archive_name_is_the_image_name_made_a_file_name(image: str, file_name: 
 
 
 def test_every_image_of_versions_yml_gets_its_own_archive_and_a_recipe() -> None:
+    """Every image is built here, node-feature-discovery's too: `--source build` carries every image."""
     data = versions.load()
-    names = [entry["image"] for key, entry in data["images"].items() if key not in images.NOT_BUILT_HERE]
+    names = [entry["image"] for entry in data["images"].values()]
     files = [images.archive_name(name) for name in names]
     assert len(set(files)) == len(names)
     assert all("/" not in name and name.endswith(".tar") for name in files)
-    assert sorted(key for key in data["images"] if key not in images.NOT_BUILT_HERE) == sorted(images.RECIPES)
+    assert sorted(data["images"]) == sorted(images.RECIPES)
 
 
 def test_two_images_with_the_same_archive_name_are_refused() -> None:
@@ -259,3 +262,84 @@ def test_gpu_operator_image_without_its_manifests_is_refused(tmp_path: Path) -> 
         images.plan_image(
             "gpu-operator", "nvcr.io/nvidia/gpu-operator:v1.11.1", tmp_path, ca_bundle=ca_bundle
         )
+
+
+NFD = "k8s.gcr.io/nfd/node-feature-discovery:v0.10.1"
+NFD_CHART = PROJECT.parent / "shared/upstream/gpu-operator-v1.11.1/chart/charts/node-feature-discovery"
+
+
+@pytest.fixture
+def nfd_outputs(tmp_path: Path) -> dict[str, Path]:
+    """What gobuild leaves for node-feature-discovery's image: its target's binaries and worker
+    configuration, and grpc-health-probe's binary."""
+    nfd = tmp_path / "nfd"
+    conf = nfd / gobuild.NFD_WORKER_CONF
+    conf.parent.mkdir(parents=True)
+    conf.write_text("#core:\n#  sleepInterval: 60s\n")
+    for name in gobuild.NFD_COMMANDS:
+        (nfd / name).write_bytes(f"{name} binary".encode())
+    probe = tmp_path / "grpc-health-probe"
+    probe.mkdir()
+    (probe / "grpc_health_probe").write_bytes(b"probe binary")
+    ca_bundle = tmp_path / "ca.crt"
+    ca_bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    return {"nfd": nfd, "probe": probe, "ca_bundle": ca_bundle}
+
+
+def nfd_plan(outputs: dict[str, Path]) -> images.ImagePlan:
+    return images.plan_image(
+        "node-feature-discovery",
+        NFD,
+        outputs["nfd"],
+        ca_bundle=outputs["ca_bundle"],
+        tool_dirs={"grpc-health-probe": outputs["probe"]},
+    )
+
+
+def test_node_feature_discovery_image_is_upstream_s_minimal_image(nfd_outputs: dict[str, Path]) -> None:
+    """/usr/bin/nfd-* and grpc_health_probe, the example worker configuration, user 65534 and no
+    entrypoint (the chart names the command), on the static base."""
+    plan = nfd_plan(nfd_outputs)
+    for name in ("nfd-master", "nfd-worker", "nfd-topology-updater"):
+        assert plan.tree[f"usr/bin/{name}"] == images.Copy(nfd_outputs["nfd"] / name)
+    assert plan.tree["usr/bin/grpc_health_probe"] == images.Copy(nfd_outputs["probe"] / "grpc_health_probe")
+    conf = nfd_outputs["nfd"] / gobuild.NFD_WORKER_CONF
+    assert plan.tree["etc/kubernetes/node-feature-discovery/nfd-worker.conf"] == images.Copy(conf, 0o644)
+    assert images.CA_BUNDLE in plan.tree
+    assert plan.dockerfile.startswith("FROM scratch\nCOPY rootfs/ /\n")
+    assert "USER 65534:65534\n" in plan.dockerfile
+    assert "ENV GRPC_GO_LOG_SEVERITY_LEVEL=INFO\n" in plan.dockerfile
+    assert "ENTRYPOINT" not in plan.dockerfile and "CMD" not in plan.dockerfile
+    assert images.RECIPES["node-feature-discovery"].targets() == [
+        "node-feature-discovery",
+        "grpc-health-probe",
+    ]
+    first = plan.digest()
+    conf.write_text("core:\n  sleepInterval: 10s\n")
+    assert nfd_plan(nfd_outputs).digest() != first
+
+
+def test_node_feature_discovery_image_without_the_probe_is_refused(nfd_outputs: dict[str, Path]) -> None:
+    (nfd_outputs["probe"] / "grpc_health_probe").unlink()
+    with pytest.raises(ApplianceError, match="gobuild target grpc-health-probe has no grpc_health_probe"):
+        nfd_plan(nfd_outputs)
+
+
+@pytest.mark.skipif(not NFD_CHART.is_dir(), reason=f"{NFD_CHART} is not beside the checkout")
+def test_node_feature_discovery_image_runs_what_the_gpu_operator_chart_asks() -> None:
+    """The chart's image name (repository and appVersion) is versions.yml's, and every command and probe
+    program its pods run is in the image, where they look for it."""
+    chart = yaml.safe_load((NFD_CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((NFD_CHART / "values.yaml").read_text())
+    assert (
+        f"{values['image']['repository']}:{chart['appVersion']}"
+        == (versions.load()["images"]["node-feature-discovery"]["image"])
+    )
+    templates = "".join(path.read_text() for path in sorted((NFD_CHART / "templates").glob("*.yaml")))
+    commands = set(re.findall(r'command:\s*\n\s*- "?([\w/-]+)"?', templates))
+    assert commands == {"nfd-master", "nfd-worker", "nfd-topology-updater", "/usr/bin/grpc_health_probe"}
+    recipe = images.RECIPES["node-feature-discovery"]
+    in_image = {path for _, path in recipe.binaries} | {path for _, _, path in recipe.tools}
+    for command in commands:
+        assert (command if command.startswith("/") else f"/usr/bin/{command}") in in_image, command
+    assert values["master"]["securityContext"]["runAsNonRoot"] and recipe.user == "65534:65534"

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
 from appliance.bundle import build, gobuild, openapi, upstream, versions
+from appliance.errors import ApplianceError
 from tests.conftest import PROJECT
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
@@ -151,3 +159,102 @@ def test_every_bundle_binary_is_built_here_and_downloadable_upstream():
         assert name in built[target].binaries, (name, target)
         assert name in upstream.TARGETS[target], (name, target)
     assert {"etcdctl", "etcdutl"} <= set(build.BUNDLE_BINARIES)
+
+
+def local_target(source: Path, **fields) -> gobuild.GoTarget:
+    return gobuild.GoTarget(
+        "example",
+        "example.org/tool",
+        "v1.0.0",
+        {"tool": "example.org/tool/cmd/tool"},
+        local_source=str(source),
+        **fields,
+    )
+
+
+def write_module(directory: Path, go_mod: str = "module example.org/tool\n\ngo 1.17\n") -> Path:
+    (directory / "cmd" / "tool").mkdir(parents=True)
+    (directory / "go.mod").write_text(go_mod)
+    (directory / "cmd" / "tool" / "main.go").write_text("package main\n\nfunc main() {}\n")
+    return directory
+
+
+def test_a_local_source_is_the_wrapper_s_replacement_and_its_go_mod_is_read_there(tmp_path):
+    """A module the proxy refuses: its go.mod comes from the directory (no download), its replaces are
+    restated, the directory replaces the module, and extra replaces follow."""
+    go_mod = (
+        "module example.org/tool\n\ngo 1.17\n\nrequire k8s.io/api v0.22.0\n\n"
+        "replace k8s.io/api => k8s.io/api v0.22.0\n"
+    )
+    source = write_module(tmp_path / "tool-v1.0.0", go_mod)
+    target = local_target(source, replaces=("example.org/old => example.org/old v1.0.2",))
+    assert gobuild.go_mod_of(target) == go_mod
+    wrapper = gobuild.wrapper_go_mod(target, go_mod)
+    assert "require example.org/tool v1.0.0\n" in wrapper
+    assert wrapper.endswith(
+        "replace (\n"
+        "\tk8s.io/api => k8s.io/api v0.22.0\n"
+        f"\texample.org/tool => {source}\n"
+        "\texample.org/old => example.org/old v1.0.2\n"
+        ")\n"
+    )
+
+
+def test_a_missing_local_source_is_one_line_naming_the_directory(tmp_path):
+    target = local_target(tmp_path / "absent")
+    with pytest.raises(ApplianceError, match=r"cannot read .*absent/go.mod .*\.\./shared/upstream"):
+        gobuild.go_mod_of(target)
+    with pytest.raises(ApplianceError, match=r"absent holds no Go module"):
+        gobuild.source_tree_digest(tmp_path / "absent")
+
+
+def test_recipe_digest_follows_the_local_source_s_content_not_its_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(gobuild, "go_version", lambda: "go1.26.8")
+    here = write_module(tmp_path / "here")
+    there = write_module(tmp_path / "there")
+    assert gobuild.recipe_digest(local_target(here)) == gobuild.recipe_digest(local_target(there))
+    (there / "cmd" / "tool" / "main.go").write_text("package main\n\nfunc main() { println() }\n")
+    assert gobuild.recipe_digest(local_target(here)) != gobuild.recipe_digest(local_target(there))
+    (there / "cmd" / "tool" / "main.go").write_text("package main\n\nfunc main() {}\n")
+    (there / "cmd" / "tool" / "main.go").chmod(0o755)
+    assert gobuild.recipe_digest(local_target(here)) != gobuild.recipe_digest(local_target(there))
+
+
+def test_fields_added_later_leave_the_digests_of_cached_builds_alone(monkeypatch):
+    """A target that sets neither local_source nor replaces keeps the digest it had before they existed,
+    so that adding them rebuilt nothing (Kubernetes takes most of an hour)."""
+    monkeypatch.setattr(gobuild, "go_version", lambda: "go1.26.8")
+    target = targets()["helm"]
+    before = {name: value for name, value in asdict(target).items() if name not in gobuild.LATER_FIELDS}
+    recipe = json.dumps(
+        {"target": before, "go": "go1.26.8", "wrapper": gobuild.WRAPPER_FORMAT}, sort_keys=True
+    )
+    assert gobuild.recipe_digest(target) == hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    assert gobuild.recipe_digest(gobuild.GoTarget(**{**target.__dict__, "replaces": ("a => b v1",)})) != (
+        gobuild.recipe_digest(target)
+    )
+
+
+def test_node_feature_discovery_builds_from_its_release_s_source_beside_the_checkout():
+    """The proxy refuses the module: its source is ../shared/upstream/node-feature-discovery-v0.10.1 (as the
+    GPU operator's chart), built as its Makefile builds the image (version, the chart's /host- mounts)."""
+    target = gobuild.targets(versions.load(versions.versions_file(PROJECT)), PROJECT)[
+        "node-feature-discovery"
+    ]
+    assert target.local_source == str(
+        (PROJECT.parent / "shared/upstream/node-feature-discovery-v0.10.1").resolve()
+    )
+    assert (target.module, target.version) == ("sigs.k8s.io/node-feature-discovery", "v0.10.1")
+    assert set(target.binaries) == {"nfd-master", "nfd-worker", "nfd-topology-updater"}
+    assert target.binaries["nfd-worker"] == "sigs.k8s.io/node-feature-discovery/cmd/nfd-worker"
+    assert "-X sigs.k8s.io/node-feature-discovery/pkg/version.version=v0.10.1" in target.ldflags
+    assert "-X sigs.k8s.io/node-feature-discovery/source.pathPrefix=/host-" in target.ldflags
+    assert target.files == ("deployment/components/worker-config/nfd-worker.conf.example",)
+    assert target.replaces == ("github.com/modern-go/reflect2 => github.com/modern-go/reflect2 v1.0.2",)
+
+
+def test_grpc_health_probe_is_a_module_of_its_own():
+    target = targets()["grpc-health-probe"]
+    assert (target.module, target.version) == ("github.com/grpc-ecosystem/grpc-health-probe", "v0.4.10")
+    assert target.binaries == {"grpc_health_probe": "github.com/grpc-ecosystem/grpc-health-probe"}
+    assert target.local_source is None and target.replaces == ()

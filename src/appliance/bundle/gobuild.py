@@ -5,7 +5,9 @@ with local paths (k8s.io/kubernetes replaces 27 staging modules with ./staging/s
 component is built inside a small wrapper module that requires it and restates its replace directives,
 mapping each local one to a published release: for Kubernetes the staging modules' v0.23.5 releases,
 otherwise the version the component's own go.mod requires. Every other replace line is copied as is, so
-the dependency versions are exactly the component's.
+the dependency versions are exactly the component's. A module the proxy does not serve at all is built
+from a copy of its release's source kept beside the checkout (versions.yml `source`): the wrapper module
+replaces it with that directory, which Go only reads, and its dependencies still come from the proxy.
 
 Results are cached outside the work tree (~/.cache/appliance/bundle/go/), keyed by a digest of the
 recipe and the Go version: a rebuild with nothing changed only checks that the binaries are there.
@@ -38,6 +40,9 @@ CNI_PLUGINS = (
     "main/vlan", "ipam/dhcp", "ipam/host-local", "ipam/static", "meta/bandwidth", "meta/firewall",
     "meta/portmap", "meta/sbr", "meta/tuning", "meta/vrf",
 )  # fmt: skip
+# The programs of node-feature-discovery's image, and the worker configuration it ships.
+NFD_COMMANDS = ("nfd-master", "nfd-worker", "nfd-topology-updater")
+NFD_WORKER_CONF = "deployment/components/worker-config/nfd-worker.conf.example"
 
 
 @dataclass(frozen=True)
@@ -57,16 +62,22 @@ class GoTarget:
     # Kubernetes: generate pkg/generated/openapi, which its module zip lacks (see openapi.py).
     openapi: bool = False
     env: dict[str, str] = field(default_factory=dict)
-    # Directories of the module's own source copied beside the binaries (an image needs them, not Go).
+    # Directories or files of the module's own source copied beside the binaries (an image needs them,
+    # not Go), at the same relative path.
     files: tuple[str, ...] = ()
+    # The directory holding the module's source, for a module the proxy does not serve at all.
+    local_source: str | None = None
+    # Replace lines for the wrapper, for a dependency that the Go toolchain here cannot run as pinned.
+    replaces: tuple[str, ...] = ()
 
     def outputs(self) -> list[str]:
         """What the output directory holds when the build is complete."""
         return [*self.binaries, *self.files]
 
 
-def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
-    """The Go builds of the bundle, from versions.yml's data."""
+def targets(data: dict[str, Any], project: Path | None = None) -> dict[str, GoTarget]:
+    """The Go builds of the bundle, from versions.yml's data; local sources are relative to PROJECT
+    (the checkout, by default this one)."""
     kube = data["kubernetes"]
     version = kube["version"]
     major, minor = version.lstrip("v").split(".")[:2]
@@ -91,6 +102,9 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
     helm = binaries["helm"]["version"]
     crictl = binaries["crictl"]
     cni = binaries["cni-plugins"]["version"]
+    nfd = images["node-feature-discovery"]
+    nfd_version = _tag(nfd["image"])
+    health_probe = nfd["grpc_health_probe"]
     return {
         target.name: target
         for target in (
@@ -202,6 +216,30 @@ def targets(data: dict[str, Any]) -> dict[str, GoTarget]:
                     + _tag(images["flannel-cni-plugin"]["image"]),
                 ),
             ),
+            GoTarget(
+                "node-feature-discovery",
+                nfd["go_module"],
+                nfd_version,
+                {name: f"{nfd['go_module']}/cmd/{name}" for name in NFD_COMMANDS},
+                # As its Makefile builds the image: the host's files are read under /host-boot, /host-sys,
+                # ... where the chart's worker mounts them.
+                ldflags=(
+                    "-s",
+                    "-w",
+                    f"-X {nfd['go_module']}/pkg/version.version={nfd_version}",
+                    f"-X {nfd['go_module']}/source.pathPrefix=/host-",
+                ),
+                files=(NFD_WORKER_CONF,),
+                local_source=str(((project or paths.project_root()) / nfd["source"]).resolve()),
+                replaces=tuple(nfd.get("go_replace", ())),
+            ),
+            GoTarget(
+                "grpc-health-probe",
+                health_probe["go_module"],
+                health_probe["version"],
+                {"grpc_health_probe": health_probe["go_module"]},
+                ldflags=("-s", "-w"),
+            ),
         )
     }
 
@@ -218,13 +256,33 @@ def go_version() -> str:
 
 
 def recipe_digest(target: GoTarget) -> str:
-    recipe = json.dumps(
-        {"target": asdict(target), "go": go_version(), "wrapper": WRAPPER_FORMAT}, sort_keys=True
-    )
+    fields = asdict(target)
+    # Fields added since builds were first cached count only when set: the others keep their digests.
+    for name in LATER_FIELDS:
+        if not fields[name]:
+            del fields[name]
+    if target.local_source:
+        # What the source holds, not where the checkout is: a clone elsewhere reuses the build.
+        fields["local_source"] = source_tree_digest(Path(target.local_source))
+    recipe = json.dumps({"target": fields, "go": go_version(), "wrapper": WRAPPER_FORMAT}, sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
+def source_tree_digest(directory: Path) -> str:
+    """sha256 over every file of DIRECTORY (relative path, mode's executable bit, content)."""
+    if not (directory / "go.mod").is_file():
+        raise ApplianceError(f"{directory} holds no Go module (no go.mod); versions.yml `source` names it")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        executable = "x" if path.stat().st_mode & 0o111 else "-"
+        digest.update(f"{path.relative_to(directory).as_posix()} {executable}\n".encode())
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
 WRAPPER_FORMAT = 1  # bump when the way wrapper modules are written changes
+LATER_FIELDS = ("local_source", "replaces")
 
 
 def cache_root() -> Path:
@@ -272,9 +330,15 @@ def build(target: GoTarget, log: Callable[[str], None] = print) -> Path:
                 module_dir = ["list", "-m", "-f", "{{.Dir}}", target.module]
                 source = Path(_go(module_dir, work, env, f"go list of {target.module}'s directory"))
                 for name in target.files:
-                    shutil.copytree(source / name, staging / name)
+                    if (source / name).is_dir():
+                        shutil.copytree(source / name, staging / name)
+                    else:
+                        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(source / name, staging / name)
                     for path in (staging / name, *(staging / name).rglob("*")):
                         path.chmod(0o755 if path.is_dir() else 0o644)  # the module cache's are read-only
+                    for parent in (staging / name).relative_to(staging).parents[:-1]:
+                        (staging / parent).chmod(0o755)
             staging.chmod(0o755)
             shutil.rmtree(output, ignore_errors=True)
             staging.rename(output)
@@ -330,6 +394,21 @@ def _go(arguments: list[str], work: Path, env: dict[str, str], what: str) -> str
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise ApplianceError(f"{what} failed: {' | '.join(lines[-4:])}")
     return result.stdout.strip()
+
+
+def go_mod_of(target: GoTarget) -> str:
+    """The go.mod of what TARGET builds: its local source's, or the module's (or fork's) from the proxy."""
+    if target.local_source:
+        path = Path(target.local_source) / "go.mod"
+        try:
+            return path.read_text()
+        except OSError as error:
+            raise ApplianceError(
+                f"{target.module}: cannot read {path} ({error.strerror}); versions.yml `source` names "
+                "its source, which the project keeps beside the checkout in ../shared/upstream"
+            ) from error
+    module, version = target.source.split() if target.source else (target.module, target.version)
+    return fetch_go_mod(module, version)
 
 
 def fetch_go_mod(module: str, version: str) -> str:
@@ -392,7 +471,9 @@ def wrapper_go_mod(target: GoTarget, component_go_mod: str, extra_replaces: list
     go_directive = wrapper_go_directive(go_directive)
     if target.source:
         replaces.append(f"{target.module} => {target.source}")
-    replaces += extra_replaces or []
+    if target.local_source:
+        replaces.append(f"{target.module} => {target.local_source}")
+    replaces += [*target.replaces, *(extra_replaces or [])]
     lines = [
         f"module appliance.build/{target.name}",
         "",
@@ -413,8 +494,7 @@ def wrapper_go_directive(component_go: str) -> str:
 
 
 def _write_wrapper(target: GoTarget, work: Path, extra_replaces: list[str] | None = None) -> None:
-    module, version = target.source.split() if target.source else (target.module, target.version)
-    go_mod = wrapper_go_mod(target, fetch_go_mod(module, version), extra_replaces or [])
+    go_mod = wrapper_go_mod(target, go_mod_of(target), extra_replaces or [])
     (work / "go.mod").write_text(go_mod)
     # Imports of the main packages keep `go mod tidy` from dropping what they need.
     packages = {*target.binaries.values(), *([openapi.OPENAPI_GEN] if target.openapi else [])}

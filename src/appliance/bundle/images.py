@@ -13,6 +13,9 @@ Dockerfile and context are generated here, always FROM scratch or FROM a Debian 
   (debootstrap, image-recipes/base-rootfs.sh), whose iptables picks the host's backend on first use.
 - flannel-cni-plugin: the CNI plugin with Debian's static busybox as the shell and `cp` its init
   container runs.
+- node-feature-discovery: as upstream's minimal image, nfd-master, nfd-worker, nfd-topology-updater and
+  grpc_health_probe (the master's probes) in /usr/bin and the example worker configuration, not root, on
+  the static base; built from its release's source (see gobuild.py), the chart gives each pod's command.
 
 An image is rebuilt only when its recipe changes: the digest of its Dockerfile, of every file of its
 context (binaries by sha256) and of its base image is kept in the label appliance.recipe. An archive is
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance import paths
+from appliance.bundle import gobuild
 from appliance.errors import ApplianceError
 from appliance.lab import docker
 from appliance.lab import image as node_image
@@ -45,9 +49,6 @@ from appliance.lab import image as node_image
 Log = Callable[[str], None]
 _T = TypeVar("_T")
 
-# sigs.k8s.io/node-feature-discovery is not served by the Go module proxy reachable here (403 for every
-# version, also as github.com/kubernetes-sigs/node-feature-discovery): its image cannot be built.
-NOT_BUILT_HERE = ("node-feature-discovery",)
 INDEX = "images.json"
 RECIPE_LABEL = "appliance.recipe"
 FORMAT = 1  # bump when the way images are built changes in a way the Dockerfile and context do not show
@@ -78,10 +79,11 @@ class Recipe:
     user: str | None = None
     pause: bool = False  # /pause, compiled from image-recipes/pause.c
     busybox: bool = False  # /bin/busybox and a few applets, from Debian's busybox-static
-    # (directory the target copied from its module's source, absolute path in the image)
+    # (directory or file the target copied from its module's source, absolute path in the image)
     trees: tuple[tuple[str, str], ...] = ()
     # Programs of other gobuild targets that upstream's image ships too: (target, binary, absolute path).
     tools: tuple[tuple[str, str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
 
     def targets(self) -> list[str]:
         """Every gobuild target whose output goes into the image."""
@@ -135,6 +137,18 @@ RECIPES: dict[str, Recipe] = {
         cmd=("/usr/local/bin/kube-proxy",),
     ),
     "kube-scheduler": _control_plane("kube-scheduler"),
+    # As upstream's minimal image: no entrypoint (the chart's pods name nfd-master, nfd-worker or
+    # nfd-topology-updater as their command), a numeric non-root user (the chart asks runAsNonRoot), the
+    # master's probe program, the example worker configuration, and gRPC's verbose logging.
+    "node-feature-discovery": Recipe(
+        "static",
+        "node-feature-discovery",
+        tuple((name, f"/usr/bin/{name}") for name in gobuild.NFD_COMMANDS),
+        user="65534:65534",
+        trees=((gobuild.NFD_WORKER_CONF, "/etc/kubernetes/node-feature-discovery/nfd-worker.conf"),),
+        tools=(("grpc-health-probe", "grpc_health_probe", "/usr/bin/grpc_health_probe"),),
+        env=(("GRPC_GO_LOG_SEVERITY_LEVEL", "INFO"),),
+    ),
     "pause": Recipe("scratch", entrypoint=("/pause",), user="65535:65535", pause=True),
 }
 
@@ -300,11 +314,14 @@ def plan_image(
         if not source.is_file():
             raise ApplianceError(f"{image}: {source} is missing (gobuild target {target} has no {binary})")
         tree[destination.lstrip("/")] = Copy(source)
-    for directory, destination in recipe.trees:
-        source = _need(binary_dir, f"the {recipe.target} files", key) / directory
+    for copied, destination in recipe.trees:
+        source = _need(binary_dir, f"the {recipe.target} files", key) / copied
+        if source.is_file():
+            tree[destination.lstrip("/")] = Copy(source, 0o644)
+            continue
         if not source.is_dir():
             raise ApplianceError(
-                f"{image}: {source} is missing (gobuild target {recipe.target} has no {directory})"
+                f"{image}: {source} is missing (gobuild target {recipe.target} has no {copied})"
             )
         for path in sorted(source.rglob("*")):
             relative = destination.lstrip("/") + "/" + path.relative_to(source).as_posix()
@@ -320,6 +337,7 @@ def plan_image(
         lines.append(f"ENV PATH={STATIC_PATH}")
     elif recipe.busybox:
         lines.append("ENV PATH=/bin")
+    lines += [f"ENV {name}={value}" for name, value in recipe.env]
     lines.append(_labels(key, image, recipe))
     if recipe.user:
         lines.append(f"USER {recipe.user}")
@@ -403,9 +421,7 @@ def build_images(
 ) -> dict[str, Path]:
     """Build the images of DATA["images"] (see the module's docstring) and save each to OUT; return
     image name -> archive. BINARIES(target) is the directory of a gobuild target's binaries."""
-    wanted = {
-        key: entry["image"] for key, entry in sorted(data["images"].items()) if key not in NOT_BUILT_HERE
-    }
+    wanted = {key: entry["image"] for key, entry in sorted(data["images"].items())}
     unknown = sorted(set(wanted) - set(RECIPES))
     if unknown:
         raise ApplianceError(

@@ -144,8 +144,7 @@ class Fetcher:
     # -- images --------------------------------------------------------------------------------------
 
     def images(self) -> dict[str, Path]:
-        """Every image of versions.yml, as `docker save` archives (node-feature-discovery's too, which
-        `--source build` cannot make here)."""
+        """Every image of versions.yml, as `docker save` archives."""
         skopeo = shutil.which("skopeo")
         if not skopeo:
             raise ApplianceError("--source upstream copies images with skopeo, which is not installed")
