@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from appliance.bundle import versions
+from appliance.bundle import images, versions
 from tests.conftest import PROJECT, run_cli
 
 pytestmark = pytest.mark.lab
@@ -172,6 +172,7 @@ def upstream(tmp_path_factory, registry, lab_bundle):
 
     pause = lab_bundle / "images" / "k8s.gcr.io_pause_3.6.tar"
     wanted = [entry["image"] for entry in fixture.data["images"].values()]
+    wanted += versions.operand_image_names(fixture.data)
     for image in wanted:
         path = image.split("/", 1)[1]
         subprocess.run(
@@ -252,11 +253,14 @@ def test_images_chart_and_manifest_come_from_the_registry_and_repositories(bundl
     with tarfile.open(bundle / "images" / "k8s.gcr.io_coredns_coredns_v1.8.6.tar") as tar:
         (entry,) = json.load(tar.extractfile("manifest.json"))
     assert entry["RepoTags"] == ["k8s.gcr.io/coredns/coredns:v1.8.6"]
-    # Every image of versions.yml, node-feature-discovery's and the GPU operator's too.
+    # Every image of versions.yml, node-feature-discovery's, the GPU operator's and its operands' too.
     names = {path.name for path in (bundle / "images").iterdir()}
+    wanted = [*versions.image_names(fixture.data), *versions.operand_image_names(fixture.data)]
+    assert names == {images.archive_name(image) for image in wanted}
     for file_name in (
         "k8s.gcr.io_nfd_node-feature-discovery_v0.10.1.tar",
         "nvcr.io_nvidia_gpu-operator_v1.11.1.tar",
+        "nvcr.io_nvidia_k8s-device-plugin_v0.12.2-ubi8.tar",
     ):
         assert file_name in names, names
     chart_url = next(url for url in fixture.files if url.endswith("gpu-operator-v1.11.1.tgz"))

@@ -40,6 +40,50 @@ def test_kubernetes_checksums_are_kubespray_s():
     assert binaries["kubectl"]["sha256"]["amd64"].startswith("715da05c")
 
 
+# Chart values sections whose images run only for what the appliance leaves off: standalone DCGM, GDS,
+# node-status-exporter, and sandbox (VM) workloads (sandboxWorkloads.enabled: false).
+OFF = {
+    "dcgm",
+    "gds",
+    "nodeStatusExporter",
+    "vgpuManager",
+    "vgpuDeviceManager",
+    "vfioManager",
+    "sandboxDevicePlugin",
+}
+
+
+def chart_images(values: dict, app_version: str) -> set[str]:
+    """Every image the GPU operator chart's values name, but the switched-off sections' and the driver's."""
+    found = set()
+
+    def walk(node: object, section: str) -> None:
+        if isinstance(node, dict):
+            if "repository" in node and "image" in node:
+                found.add(f"{node['repository']}/{node['image']}:{node.get('version', app_version)}")
+            for key, child in node.items():
+                walk(child, section or key)
+
+    for key, section in values.items():
+        if key not in OFF and key != "driver":
+            walk(section, key)
+    walk({k: v for k, v in values["driver"].items() if k == "manager"}, "driver")
+    return found
+
+
+def test_the_operand_images_are_every_image_the_chart_starts_on_a_gpu_node_but_the_driver():
+    data = versions.load(versions.versions_file(PROJECT))
+    chart = PROJECT / data["charts"]["gpu-operator"]["source"]
+    values = yaml.safe_load((chart / "chart" / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "chart" / "Chart.yaml").read_text())["appVersion"]
+    nfd = yaml.safe_load((chart / "chart" / "charts" / "node-feature-discovery" / "values.yaml").read_text())
+    assert not values["dcgm"]["enabled"] and not values["sandboxWorkloads"]["enabled"]
+    carried = set(versions.image_names(data)) | set(versions.operand_image_names(data))
+    assert chart_images(values, app_version) <= carried, chart_images(values, app_version) - carried
+    assert f"{nfd['image']['repository']}:v0.10.1" in carried
+    assert not any("/driver:" in image for image in carried)  # no Debian 12 driver image (versions.yml)
+
+
 def test_etcd_tools_are_the_etcd_image_s_release_and_pin_its_release_archive():
     data = versions.load(versions.versions_file(PROJECT))
     etcd = data["images"]["etcd"]

@@ -146,6 +146,12 @@ def _assemble(
         if fetcher
         else images.build_images(data, binaries, paths.cache_dir() / "bundle" / "images", log)
     )
+    operands = versions.operand_image_names(data)
+    if operands and not fetcher:
+        log(
+            f"images: the GPU operator's {len(operands)} operand images are not built here (versions.yml "
+            "operand_images says why); a bundle built with --source upstream carries them"
+        )
     for name, archive in archives.items():
         _copy(archive, images_dir / archive.name)
         owners[f"images/{archive.name}"] = (name.rsplit(":", 1)[0], name.rsplit(":", 1)[1])

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from appliance import paths
-from appliance.bundle import images
+from appliance.bundle import images, versions
 from appliance.errors import ApplianceError, UsageError
 
 Log = Callable[[str], None]
@@ -144,11 +144,12 @@ class Fetcher:
     # -- images --------------------------------------------------------------------------------------
 
     def images(self) -> dict[str, Path]:
-        """Every image of versions.yml, as `docker save` archives."""
+        """Every image of versions.yml, the GPU operator's operands too, as `docker save` archives."""
         skopeo = shutil.which("skopeo")
         if not skopeo:
             raise ApplianceError("--source upstream copies images with skopeo, which is not installed")
         wanted = [entry["image"] for _, entry in sorted(self.data["images"].items())]
+        wanted += versions.operand_image_names(self.data)
         out = self.cache / "images"
         out.mkdir(parents=True, exist_ok=True)
         archives = {}

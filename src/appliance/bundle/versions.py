@@ -12,6 +12,7 @@ from appliance import paths
 from appliance.errors import ApplianceError
 
 SECTIONS = ("binaries", "images", "charts", "manifests")
+OPTIONAL = ("operand_images",)  # images only `--source upstream` carries
 
 
 def versions_file(project: Path | None = None) -> Path:
@@ -40,7 +41,7 @@ def check(data: Any) -> list[str]:
     for section in ("architectures", "kubernetes", *SECTIONS, "os_packages"):
         if section not in data:
             problems.append(f"missing section {section!r}")
-    for section in SECTIONS:
+    for section in (*SECTIONS, *OPTIONAL):
         table = data.get(section) or {}
         if list(table) != sorted(table):
             problems.append(f"{section}: keep the components sorted by name ({', '.join(sorted(table))})")
@@ -62,3 +63,8 @@ def check(data: Any) -> list[str]:
 
 def image_names(data: dict[str, Any]) -> list[str]:
     return [entry["image"] for entry in data["images"].values()]
+
+
+def operand_image_names(data: dict[str, Any]) -> list[str]:
+    """The GPU operator's operands: carried by `--source upstream` only (versions.yml says why)."""
+    return [entry["image"] for _, entry in sorted((data.get("operand_images") or {}).items())]
