@@ -496,6 +496,84 @@ def test_a_failed_row_remapping_and_a_hung_driver_isolate_with_their_reasons_on_
     readmitted("worker-1")
 
 
+# DCGM's health watches (issue 22): a STAND-IN dcgmi, no GPU and no host engine here. It answers
+# `health --set` (noted in /var/log/dcgmi.log), `health --check --json` with the report in
+# /var/lib/dcgmi-health.json (recorded in DCGM's format: tests/unit/fixtures/dcgmi), or as dcgmi does with no
+# host engine where there is none, and `diag -r 1` (re-admission's QA) passing, or failing where
+# /var/lib/dcgmi-diag-fails exists.
+FAKE_DCGMI = """#!/bin/sh
+# TEST STAND-IN for dcgmi (tests/lab/test_gpu_health.py): no GPU, no DCGM host engine.
+echo "$*" >> /var/log/dcgmi.log
+case "$*" in
+  "health --set "*) echo "Health monitor systems set successfully." ;;
+  "health --check --json")
+    if [ -f /var/lib/dcgmi-health.json ]; then cat /var/lib/dcgmi-health.json; exit 0; fi
+    echo "Error: unable to establish a connection to the specified host: localhost"; exit 255 ;;
+  "diag -r 1")
+    if [ -f /var/lib/dcgmi-diag-fails ]; then echo "| Memory  | Fail - GPU : 2 |"; exit 226; fi
+    echo "Successfully ran diagnostic for group."; echo "| Memory  | Pass |" ;;
+  *) echo "stand-in dcgmi: unexpected $*" >&2; exit 2 ;;
+esac
+"""
+DCGMI_RECORDED = Path(__file__).parents[1] / "unit/fixtures/dcgmi"
+
+
+def dcgm_reports(node: str, report: str | None) -> None:
+    """NODE's stand-in dcgmi answers the health check with the recorded REPORT (None: as without a host
+    engine); the agent restarted, so that its first check reads it at once."""
+    write = (
+        f"cat > /var/lib/dcgmi-health.json <<'EOF'\n{(DCGMI_RECORDED / report).read_text()}EOF\n"
+        if report
+        else "rm -f /var/lib/dcgmi-health.json\n"
+    )
+    on(node, write + "systemctl restart appliance-gpu-health-agent")
+
+
+def test_dcgm_health_watches_isolate_with_their_reason_and_dcgm_away_is_only_a_metric():
+    answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-ok.csv")  # 8 GPUs: DCGM ids name them
+    on("worker-1", f"cat > /usr/local/bin/dcgmi <<'EOF'\n{FAKE_DCGMI}EOF\nchmod 0755 /usr/local/bin/dcgmi")
+    try:
+        # No host engine: DCGM's check is down, which is a metric and a journal line, never a fault.
+        dcgm_reports("worker-1", None)
+        wait_for(lambda: 'appliance_gpu_dcgm_up{node="worker-1"} 0' in metrics("worker-1"), 30, "dcgm_up 0")
+        assert gpu_condition("worker-1")["status"] == "True" and fault_taint("worker-1") is None
+
+        # Double-bit ECC errors on GPU 2 (Failure) and GPU 5 thermally throttled (Warning).
+        dcgm_reports("worker-1", "health-dgx-faults.json")
+        wait_for(
+            lambda: gpu_condition("worker-1").get("reason") == "DCGMMemoryFailure", 30, "DCGMMemoryFailure"
+        )
+        wait_for(lambda: fault_taint("worker-1") == "reset-gpu:NoSchedule", 30, "the fault taint on worker-1")
+        message = gpu_condition("worker-1")["message"]
+        assert message.startswith("reset-gpu: GPU 2 (00000000:47:00.0): DCGM memory system failure"), message
+        assert "double-bit ECC" in message
+        assert events("worker-1", "DCGMMemoryFailure") and events("worker-1", "DCGMThermalWarning")
+        served = metrics("worker-1")
+        assert 'appliance_gpu_dcgm_up{node="worker-1"} 1' in served
+        assert (
+            'appliance_gpu_finding{node="worker-1",gpu="00000000:47:00.0",reason="DCGMMemoryFailure",'
+            'action="reset-gpu"} 1' in served
+        )
+        calls = on("worker-1", "cat /var/log/dcgmi.log").splitlines()
+        assert calls[:2] == ["health --set a", "health --check --json"], calls  # the watches turned on first
+
+        # Re-admission's QA runs dcgmi diag -r 1 where dcgmi is installed: a failing one refuses the node.
+        dcgm_reports("worker-1", "health-healthy.json")
+        on("worker-1", "touch /var/lib/dcgmi-diag-fails")
+        result, _ = health("readmit", "worker-1")
+        assert result.returncode != 0 and "dcgmi diag -r 1 exited 226" in result.stdout + result.stderr
+        assert fault_taint("worker-1") == "reset-gpu:NoSchedule"
+        on("worker-1", "rm -f /var/lib/dcgmi-diag-fails")
+        readmitted("worker-1")
+        assert "dcgmi diag -r 1 passed" in gpu_condition("worker-1")["message"]
+        time.sleep(3)  # a check after re-admission finds the healthy report: nothing is isolated again
+        assert gpu_condition("worker-1")["status"] == "True" and fault_taint("worker-1") is None
+    finally:
+        on("worker-1", "rm -f /usr/local/bin/dcgmi /var/lib/dcgmi-health.json /var/lib/dcgmi-diag-fails")
+        install_fake_nvidia_smi("worker-1")
+        on("worker-1", "systemctl restart appliance-gpu-health-agent")
+
+
 # ------------------------------------------------------------------------------ remediation (issue 22)
 
 # One pod that prefers worker-1 (it starts there) and may run on any worker; pause from the lab's registry.

@@ -8,6 +8,7 @@ import re
 
 import yaml
 
+from appliance.health import dcgm
 from appliance.health.agent import Metrics
 from appliance.health.controller import Controller, ControllerConfig, plan
 from appliance.health.smi import Finding, Reading
@@ -22,6 +23,7 @@ def served() -> set[str]:
     agent = Metrics()
     throttled = Finding("ClocksThrottled", "ignore", "ignore: x", "00000000:90:00.0")
     agent.smi = Reading(True, True, (), (throttled,), 0.1)
+    agent.dcgm = dcgm.Reading(True, "Healthy", (), 0.2)
     controller = Controller(ControllerConfig(), client=object())  # type: ignore[arg-type]
     controller.last_plan = plan([], controller.config, 0.0)  # after its first reconciliation
     names = set()

@@ -12,6 +12,7 @@ node write its own status and events, nothing else. It
 - where nvidia-smi exists, asks it every `check_interval` seconds (appliance.health.smi: the expected
   number of GPUs, uncorrected ECC errors, rows pending remapping or failed, pages pending retirement,
   throttled clocks; no answer within `smi_timeout` seconds is a hung driver);
+- where dcgmi exists, turns on DCGM's health watches and checks them as often (appliance.health.dcgm);
 - on a fatal fault sets GPUHealthy=False (reason and line) at once, records an Event for every fault
   reported (at most one per reason per `event_interval`), and serves Prometheus metrics;
 - carries out the controller's remediation instruction on its node (appliance.health.remedy: a reboot or
@@ -36,11 +37,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+from appliance.health import dcgm
 from appliance.health import node as nodeapi
 from appliance.health.catalog import Assessor, Catalog
 from appliance.health.kube import Client, KubeError
 from appliance.health.remedy import Remedy
-from appliance.health.smi import Reading, Run, read, run_command
+from appliance.health.smi import Finding, Reading, Run, read, run_command
 from appliance.health.xid import parse_line
 
 log = logging.getLogger("appliance.health.agent")
@@ -56,6 +58,9 @@ class AgentConfig:
     nvidia_smi: str = "nvidia-smi"
     check_interval: float = 60.0
     smi_timeout: float = 30.0  # seconds nvidia-smi has to answer before the driver counts as hung
+    dcgmi: str = "dcgmi"  # DCGM's CLI; where it is not installed, DCGM is not asked
+    dcgm_host: str = ""  # the host engine dcgmi asks (dcgmi's --host); "": its default, this node
+    dcgm_health_systems: str = "a"  # the watches the agent turns on (dcgmi health --set); "": leave them be
     remediation_interval: float = 2.0  # seconds between two looks for the controller's instruction
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     event_interval: float = 30.0
@@ -186,6 +191,7 @@ class Metrics:
         self.api_errors = 0
         self.healthy = 1
         self.smi: Reading | None = None  # the last nvidia-smi check; None: no nvidia-smi on this node
+        self.dcgm: dcgm.Reading | None = None  # the last DCGM check; None: no dcgmi on this node
         self.started = time.time()
 
     def count_fault(self, kind: str, code: str, action: str, fatal: bool) -> None:
@@ -213,6 +219,7 @@ class Metrics:
                 f'appliance_gpu_healthy{{node="{node}"}} {self.healthy}',
             ]
             out += self.render_smi(node)
+            out += self.render_dcgm(node)
             out += [
                 "# HELP appliance_gpu_health_api_errors_total Failed calls to the Kubernetes API.",
                 "# TYPE appliance_gpu_health_api_errors_total counter",
@@ -241,15 +248,44 @@ class Metrics:
                 f'appliance_gpu_visible{{node="{node}"}} {len(reading.gpus)}',
             ]
         out += [
-            "# HELP appliance_gpu_finding 1 for each problem the last nvidia-smi check found (GPU, reason).",
+            "# HELP appliance_gpu_finding 1 for each problem the last nvidia-smi or DCGM check found "
+            "(GPU, reason).",
             "# TYPE appliance_gpu_finding gauge",
         ]
-        for finding in reading.findings:
-            out.append(
-                f'appliance_gpu_finding{{node="{node}",gpu="{finding.gpu or ""}",reason="{finding.reason}",'
-                f'action="{finding.action}"}} 1'
-            )
+        out += [_finding_line(node, finding) for finding in reading.findings]
         return out
+
+    def render_dcgm(self, node: str) -> list[str]:
+        """The last DCGM health check; nothing where dcgmi is not installed. Its findings join nvidia-smi's in
+        appliance_gpu_finding (their reasons start with DCGM, but RowRemapFailure)."""
+        reading = self.dcgm
+        if reading is None:
+            return []
+        out = [
+            "# HELP appliance_gpu_dcgm_up 1: DCGM's health check answered; 0: dcgmi failed (no host engine, "
+            "no watches) or hung.",
+            "# TYPE appliance_gpu_dcgm_up gauge",
+            f'appliance_gpu_dcgm_up{{node="{node}"}} {1 if reading.up else 0}',
+            "# HELP appliance_gpu_dcgm_duration_seconds How long the last DCGM health check took.",
+            "# TYPE appliance_gpu_dcgm_duration_seconds gauge",
+            f'appliance_gpu_dcgm_duration_seconds{{node="{node}"}} {reading.seconds:.3f}',
+        ]
+        if not reading.findings:
+            return out
+        if self.smi is None:
+            out += [
+                "# HELP appliance_gpu_finding 1 for each problem the last nvidia-smi or DCGM check found "
+                "(GPU, reason).",
+                "# TYPE appliance_gpu_finding gauge",
+            ]
+        return out + [_finding_line(node, finding) for finding in reading.findings]
+
+
+def _finding_line(node: str, finding: Finding) -> str:
+    return (
+        f'appliance_gpu_finding{{node="{node}",gpu="{finding.gpu or ""}",reason="{finding.reason}",'
+        f'action="{finding.action}"}} 1'
+    )
 
 
 def serve_metrics(address: str, render: Callable[[], str]) -> ThreadingHTTPServer:
@@ -296,6 +332,7 @@ class Agent:
         self.synced_at = -1e9
         self.last_event: dict[str, float] = {}
         self.suppressed: dict[str, int] = {}
+        self.dcgm_watching = False  # the health watches are set
         self.remedy = Remedy(
             self.client,
             config.node_name,
@@ -407,14 +444,39 @@ class Agent:
             self.stop.wait(self.config.check_interval)
 
     def check_gpus(self) -> None:
-        """One nvidia-smi check where it is installed: each finding reported, the gravest first (it sets the
-        condition; a graver one found later replaces it, a lesser one is an Event)."""
+        """One nvidia-smi check and one DCGM check, each where it is installed: each finding reported, the
+        gravest first (it sets the condition; a graver one found later replaces it, a lesser one is an
+        Event)."""
+        gpus: tuple = ()
         smi = shutil.which(self.config.nvidia_smi)
-        if not smi:
+        if smi:
+            reading = read(smi, self.config.expected_gpus, self.run, self.config.smi_timeout)
+            gpus = reading.gpus
+            with self.metrics.lock:
+                self.metrics.smi = reading
+            for finding in reading.findings:
+                self.report(finding.reason, finding.action, finding.message, finding.fatal)
+        self.check_dcgm(gpus)
+
+    def check_dcgm(self, gpus: tuple) -> None:
+        """DCGM's health check where dcgmi is installed, the watches turned on first (again after a check that
+        failed: a restarted host engine forgets them)."""
+        dcgmi = shutil.which(self.config.dcgmi)
+        if not dcgmi:
             return
-        reading = read(smi, self.config.expected_gpus, self.run, self.config.smi_timeout)
+        host, timeout = self.config.dcgm_host, self.config.smi_timeout
+        if not self.dcgm_watching and self.config.dcgm_health_systems:
+            problem = dcgm.set_watches(dcgmi, self.config.dcgm_health_systems, host, self.run, timeout)
+            if problem and self._due("log:dcgm-watches")[0]:
+                log.warning("DCGM's health watches not set (tried again at the next check): %s", problem)
+            self.dcgm_watching = problem is None
+        reading = dcgm.read(dcgmi, host, self.run, gpus, timeout)
         with self.metrics.lock:
-            self.metrics.smi = reading
+            self.metrics.dcgm = reading
+        if not reading.up:
+            self.dcgm_watching = False
+            if self._due("log:dcgm")[0]:
+                log.warning("DCGM's health check: %s", reading.problem)
         for finding in reading.findings:
             self.report(finding.reason, finding.action, finding.message, finding.fatal)
 
