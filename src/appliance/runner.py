@@ -247,7 +247,7 @@ def _result_message(result: dict[str, Any]) -> str:
         value = result.get(key)
         if value:
             text = str(value).strip()
-            return text if len(text) < 2000 else text[:2000] + " ..."
+            return text if len(text) < 8000 else text[:8000] + " ..."
     return "failed (no message)"
 
 

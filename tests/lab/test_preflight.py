@@ -140,10 +140,22 @@ def pki(workdir) -> dict[str, Path]:
     return paths
 
 
+# A STAND-IN nvidia-smi on worker-1 (no GPU here) that lists two GPUs as a real driver's `nvidia-smi -L` does.
+NVIDIA_SMI_L = """#!/bin/sh
+# TEST STAND-IN for nvidia-smi -L (tests/lab/test_preflight.py): no GPU here.
+echo "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-4b9f2c1e-8d3a-4f6b-9e21-7c5d0a3b8e14)"
+echo "GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-9a1e3f5d-2c4b-4e6a-8f10-3b5d7e9c1a2f)"
+"""
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
     up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
+    on(
+        "worker-1",
+        f"cat > /usr/local/bin/nvidia-smi <<'EOF'\n{NVIDIA_SMI_L}EOF\nchmod 0755 /usr/local/bin/nvidia-smi",
+    )
     yield
     lab_cli("lab", "down")
 
@@ -207,7 +219,7 @@ def broken(lab, pki, workdir) -> dict:
     requirements = copy.deepcopy(inventory["all"]["vars"]["preflight_requirements"])
     requirements["gpu_workers"] = {"memory_mb": 32768}  # worker-1 has this machine's 24 GiB
     inventory["all"]["hosts"]["worker-1"].update(
-        {"prereqs_swap_disable": False, "preflight_requirements": requirements}
+        {"prereqs_swap_disable": False, "preflight_requirements": requirements, "preflight_gpus_expected": 4}
     )
     (directory / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     variables = {
@@ -268,6 +280,11 @@ def test_the_lab_as_is_passes_with_no_change_and_a_report(passing):
         line.startswith("PASS    ports: free: 2379, 2380, 6443, 10250, 10257, 10259;") for line in passed
     )
     assert not report_lines(report, "PROBLEM")
+    # The GPUs as a driver lists them (their UUIDs left out of the report).
+    assert (
+        "PASS    GPUs: 2 GPUs: GPU 0: NVIDIA A100-SXM4-80GB; GPU 1: NVIDIA A100-SXM4-80GB;"
+        in report.read_text()
+    )
 
 
 def test_run_ai_inputs_that_are_right_pass_in_check_mode(passing):
@@ -292,6 +309,8 @@ def test_broken_inputs_stop_the_run_with_every_problem_in_one_failure(broken):
     assert not message.endswith("..."), "the message was cut"
     assert "- worker-1: memory: 24" in message and "needed: at least 32768 MB (gpu_workers)" in message
     assert f"- worker-1: swap: swap on: {SWAP_FILE}" in message
+    assert "- worker-1: GPUs: 2 GPUs: GPU 0: NVIDIA A100-SXM4-80GB; GPU 1: NVIDIA A100-SXM4-80GB;" in message
+    assert "needed: 4 GPUs (preflight_gpus_expected)" in message
     assert "prereqs_swap_disable is false for this node" in message
     assert "- controller: runai_domain: runai.appliance.invalid does not resolve on the controller" in message
     assert "- cp-1: runai_domain: runai.appliance.invalid does not resolve on cp-1" in message
@@ -316,7 +335,7 @@ def test_the_report_lists_every_problem_and_the_notes(broken):
     problems = report_lines(report, "PROBLEM")
     checks = [line.split(":")[0].split(None, 1)[1] for line in problems]
     assert sorted(checks) == sorted(
-        ["memory", "swap", "runai_domain", "runai_domain", "TLS name", "TLS CA", "TLS key"]
+        ["memory", "swap", "GPUs", "runai_domain", "runai_domain", "TLS name", "TLS CA", "TLS key"]
         + ["NFS server"] * 3
     ), report.read_text()
     notes = report_lines(report, "NOTE")
