@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -145,6 +146,19 @@ TimeoutOption = Annotated[
 ]
 
 
+# A Kubernetes node name: a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253).
+NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_node_name(node: str) -> str:
+    """NODE when it is a Kubernetes node name; a usage error (exit 2) otherwise, before anything runs."""
+    if len(node) > 253 or not NODE_NAME.fullmatch(node):
+        raise UsageError(
+            f"{node!r} is not a node name (lower-case letters, digits, '-' and '.': a Kubernetes node's name)"
+        )
+    return node
+
+
 def _node_request(
     playbook: str,
     node: str | None,
@@ -154,8 +168,10 @@ def _node_request(
     limit: str | None = None,
     **options: object,
 ) -> runner.RunRequest:
-    extra = [f"maintenance_node={node}"] if node is not None else []
-    extra += [f"maintenance_{name}={json.dumps(value)}" for name, value in options.items()]
+    # One JSON mapping: the node's name reaches Ansible as data, never parsed as KEY=VALUE text.
+    values = {"maintenance_node": check_node_name(node)} if node is not None else {}
+    values.update({f"maintenance_{name}": value for name, value in options.items()})
+    extra = [json.dumps(values)] if values else []
     return runner.RunRequest(
         playbook=f"maintenance/{playbook}",
         inventory=inventory,

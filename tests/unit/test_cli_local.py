@@ -84,6 +84,13 @@ def test_check_mode_reaches_ansible(cli, local_inventory):
         ),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "=oops"], "expected KEY=VALUE"),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "@/nonexistent.yml"], "no such file"),
+        # A node's name is data: text that would set another variable is refused before anything runs.
+        (
+            ["node", "drain", "worker-1 maintenance_force=true", "-i", "{inventory}"],
+            "'worker-1 maintenance_force=true' is not a node name",
+        ),
+        (["health", "readmit", "Worker_1", "-i", "{inventory}"], "'Worker_1' is not a node name"),
+        (["node", "rejoin", "worker-*", "-i", "{inventory}"], "'worker-*' is not a node name"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(cli, local_inventory, args, message):
