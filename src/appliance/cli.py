@@ -24,11 +24,29 @@ from appliance.bundle import manifest
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image, lab, nodes
 
+EPILOG = """\b
+Examples:
+  appliance bootstrap -i hosts.yml          fresh machines to an appliance
+  appliance bootstrap -i hosts.yml --check  what a run would change
+  appliance node drain worker-1             worker-1's pods moved off
+  appliance health status --json            every GPU node's health
+  appliance bundle verify /media/bundle     a bundle checked before use
+\b
+Exit codes (ansible-playbook's own in brackets):
+  0    every host succeeded (0)
+  1    a task failed or a host was unreachable (2, 3, 4), or an
+       error stopped the run (1, 250): one line names it
+  2    usage: a bad option, playbook, node name or -e value (2, as
+       argparse); nothing ran
+  130  interrupted with Ctrl-C, ansible-playbook stopped (99)
+"""
+
 app = typer.Typer(
     help="Provision and maintain air-gapped GPU Kubernetes appliances running Run:ai.",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh and fish
 )
 lab_app = typer.Typer(
     help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True
@@ -70,9 +88,34 @@ CheckOption = Annotated[bool, typer.Option("--check", help="Report what would ch
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")]
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    print(
+        f"appliance {of('appliance')} (ansible-core {of('ansible-core')}, ansible-runner "
+        f"{of('ansible-runner')}, Python {python})"
+    )
+    raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the versions and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Global options; --debug is read by main() before any command runs."""
 
