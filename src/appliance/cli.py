@@ -107,9 +107,30 @@ def _print_version(value: bool) -> None:
     raise typer.Exit(0)
 
 
+def _ask(what: str) -> str:
+    """A password from the terminal (not echoed), or the first line of standard input where there is none."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"{what}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    vault_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--vault-id", help="A vault identity, as ansible-playbook takes it, for every run; repeatable."
+        ),
+    ] = None,
+    ask_vault_pass: Annotated[
+        bool, typer.Option("--ask-vault-pass", "-J", help="Ask for the vault password once, for every run.")
+    ] = False,
+    ask_become_pass: Annotated[
+        bool, typer.Option("--ask-become-pass", "-K", help="Ask for the become (sudo) password once.")
+    ] = False,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -118,6 +139,11 @@ def _global(
     ] = False,
 ) -> None:
     """Global options; --debug is read by main() before any command runs."""
+    runner.SECRETS = runner.Secrets(
+        vault_ids=tuple(vault_id or ()),
+        vault_password=_ask("Vault password") if ask_vault_pass else None,
+        become_password=_ask("BECOME password") if ask_become_pass else None,
+    )
 
 
 @app.command()

@@ -7,6 +7,7 @@ keeps secrets out of world-readable files and turns ansible's events into a `Run
 
 from __future__ import annotations
 
+import configparser
 import os
 import shlex
 import shutil
@@ -53,6 +54,33 @@ class RunRequest:
     check: bool = False
     diff: bool = False
     verbosity: int = 0
+
+
+@dataclass
+class Secrets:
+    """What the global options --vault-id, --ask-vault-pass and --ask-become-pass ask of every run: the
+    vault ids go to ansible-playbook as they are, the passwords (asked once, by the CLI) answer its prompts
+    through ansible-runner, in memory only."""
+
+    vault_ids: tuple[str, ...] = ()
+    vault_password: str | None = None
+    become_password: str | None = None
+
+    def cmdline(self) -> list[str]:
+        args = [arg for vault_id in self.vault_ids for arg in ("--vault-id", vault_id)]
+        args += ["--ask-vault-pass"] * (self.vault_password is not None)
+        return args + ["--ask-become-pass"] * (self.become_password is not None)
+
+    def prompts(self) -> dict[str, str]:
+        answers = {}
+        if self.vault_password is not None:
+            answers[r"^Vault password.*:\s*?$"] = self.vault_password
+        if self.become_password is not None:
+            answers[r"^BECOME password.*:\s*?$"] = self.become_password
+        return answers
+
+
+SECRETS = Secrets()  # set once by the CLI's global options
 
 
 @dataclass
@@ -140,14 +168,40 @@ def resolve_playbook(name: str, project: Path) -> Path:
     )
 
 
+def configured_inventory(project: Path) -> tuple[str, Path] | None:
+    """The inventory Ansible itself would take when -i is not given: $ANSIBLE_INVENTORY, else `inventory`
+    in [defaults] of the ansible.cfg in effect ($ANSIBLE_CONFIG, else the project's), relative to that file.
+    (name as given, the directory it is relative to), or None."""
+    from_env = os.environ.get("ANSIBLE_INVENTORY", "").strip()
+    if from_env:
+        return from_env, Path.cwd()
+    config = Path(os.environ.get("ANSIBLE_CONFIG") or project / "ansible.cfg")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        parser.read(config)
+    except configparser.Error as error:
+        raise UsageError(f"{config}: {error}") from None
+    value = parser.get("defaults", "inventory", fallback="").strip()
+    return (os.path.expanduser(value), config.parent) if value else None
+
+
 def resolve_inventory(name: str | None, project: Path) -> Path:
-    """The inventory given, or the lab's when none is given and a lab is up."""
+    """The inventory given with -i; else Ansible's own ($ANSIBLE_INVENTORY, ansible.cfg's); else the lab's
+    when a lab is up. One source: a directory holds several."""
+    base = Path.cwd()
+    if name is None and (configured := configured_inventory(project)) is not None:
+        name, base = configured
     if name is None:
         lab = project / "inventories" / os.environ.get("APPLIANCE_LAB_NAME", "lab") / "hosts.yml"
         if lab.is_file():
             return lab
-        raise UsageError("no inventory given (-i INVENTORY) and no lab inventory (run `appliance lab up`)")
-    path = Path(name)
+        raise UsageError(
+            "no inventory given (-i INVENTORY, ANSIBLE_INVENTORY or ansible.cfg's inventory) and no lab "
+            "inventory (run `appliance lab up`)"
+        )
+    if "," in name:
+        raise UsageError(f"inventory {name!r}: give one source (a directory can hold several)")
+    path = base / name
     if not path.exists() and (project / name).exists():
         path = project / name
     if not path.exists():
@@ -261,6 +315,7 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
     extra_vars = [parse_extra_var(value) for value in request.extra_vars]
     cmdline = [arg for value in extra_vars for arg in ("-e", value)]
     cmdline += ["--check"] * request.check + ["--diff"] * request.diff
+    cmdline += SECRETS.cmdline()
     state = RunState(playbook=str(playbook), inventory=str(inventory))
     state.log = str(_log_path(playbook))
     private = Path(tempfile.mkdtemp(prefix="appliance-run-"))  # mode 0700: runner writes env and args here
@@ -282,6 +337,7 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
             cancel_callback=interrupted.is_set,
             quiet=True,
             suppress_env_files=True,
+            passwords=SECRETS.prompts() or None,
         )
         state.rc = result.rc
         state.status = result.status
