@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from ansible.parsing.vault import VaultLib, VaultSecret
 
+from appliance import runner
 from tests.conftest import BIN, PROJECT
 
 FAIL_PLAYBOOK = str(PROJECT / "tests" / "playbooks" / "fail_on_one_host.yml")
@@ -92,6 +93,35 @@ def vaulted(tmp_path: Path) -> Path:
     return playbook
 
 
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("maintenance_node=worker-1", "maintenance_node=worker-1"),
+        ("backup_passphrase=x y=2", "backup_passphrase=REDACTED y=2"),
+        ('{"api_token": "x", "n": 1}', '{"api_token": "REDACTED", "n": 1}'),
+        ("{secret: x}", "REDACTED"),
+        ("@vars.yml", "@vars.yml"),
+    ],
+)
+def test_the_recorded_command_keeps_no_secret_looking_value(given, kept):
+    assert runner.scrub_extra_var(given) == kept
+
+
+def test_runs_older_than_the_days_kept_are_pruned(tmp_path):
+    for name, age_days in (("new-run", 1), ("old-run", 40), ("old.log", 31)):
+        path = tmp_path / name
+        path.mkdir() if "." not in name else path.write_text("x")
+        os.utime(path, (1e9 - age_days * 86400, 1e9 - age_days * 86400))
+    removed = runner.prune_runs(tmp_path, 30, now=1e9)
+    assert sorted(p.name for p in removed) == ["old-run", "old.log"]
+    assert [p.name for p in tmp_path.iterdir()] == ["new-run"]
+    for number in range(5):  # and the oldest beyond the most kept
+        (tmp_path / f"run-{number}").mkdir()
+        os.utime(tmp_path / f"run-{number}", (1e9 - number, 1e9 - number))
+    runner.prune_runs(tmp_path, 30, now=1e9, most=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-0", "run-1", "run-2"]
+
+
 def test_a_vault_id_and_a_vault_password_asked_once_open_vaulted_variables(
     local_inventory, vaulted, tmp_path
 ):
@@ -117,3 +147,32 @@ def test_a_vault_id_and_a_vault_password_asked_once_open_vaulted_variables(
 
     without = appliance("run", str(vaulted), "-i", str(local_inventory), "--json")
     assert without.returncode != 0
+
+
+def test_each_run_keeps_its_artifacts_with_no_secret_and_old_runs_are_pruned(local_inventory, tmp_path):
+    state = tmp_path / "state"
+    old = state / "runs" / "20200101T000000-site-abcd"
+    old.mkdir(parents=True)
+    os.utime(old, (0, 0))
+    result = appliance(
+        "run", FAIL_PLAYBOOK, "-i", str(local_inventory), "--json",
+        "-e", "fail_on=nobody backup_passphrase=pass-8e1c",
+        "-e", json.dumps({"runai_admin_password": "pass-9f2d", "maintenance_node": "worker-1"}),
+        env={"APPLIANCE_STATE_DIR": str(state), "SOME_TOKEN": "pass-0b7e"},
+    )  # fmt: skip
+    assert hosts_run(result) == {"cp-1", "worker-1", "worker-2"}
+    (run,) = (state / "runs").iterdir()  # the run of 2020 is gone
+    assert Path(json.loads(result.stdout)["log"]) == run / "stdout"
+    assert (run / "rc").read_text() == "0" and list((run / "job_events").glob("*.json"))
+    assert oct((state / "runs").stat().st_mode & 0o777) == "0o700"
+    recorded = json.loads((run / "command").read_text())
+    assert set(recorded) == {"command", "cwd"}  # not the environment
+    argv = recorded["command"]
+    assert "fail_on=nobody backup_passphrase=REDACTED" in argv
+    assert json.loads(argv[argv.index("-e", argv.index("-e") + 1) + 1]) == {
+        "runai_admin_password": "REDACTED",
+        "maintenance_node": "worker-1",
+    }
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert "pass-" not in path.read_text(errors="replace"), path
