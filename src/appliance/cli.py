@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -23,11 +24,29 @@ from appliance.bundle import manifest
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image, lab, nodes
 
+EPILOG = """\b
+Examples:
+  appliance bootstrap -i hosts.yml          fresh machines to an appliance
+  appliance bootstrap -i hosts.yml --check  what a run would change
+  appliance node drain worker-1             worker-1's pods moved off
+  appliance health status --json            every GPU node's health
+  appliance bundle verify /media/bundle     a bundle checked before use
+\b
+Exit codes (ansible-playbook's own in brackets):
+  0    every host succeeded (0)
+  1    a task failed or a host was unreachable (2, 3, 4), or an
+       error stopped the run (1, 250): one line names it
+  2    usage: a bad option, playbook, node name or -e value (2, as
+       argparse); nothing ran
+  130  interrupted with Ctrl-C, ansible-playbook stopped (99)
+"""
+
 app = typer.Typer(
     help="Provision and maintain air-gapped GPU Kubernetes appliances running Run:ai.",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh and fish
 )
 lab_app = typer.Typer(
     help="The lab: systemd containers standing in for an appliance's machines.", no_args_is_help=True
@@ -69,11 +88,62 @@ CheckOption = Annotated[bool, typer.Option("--check", help="Report what would ch
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the live view.")]
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    print(
+        f"appliance {of('appliance')} (ansible-core {of('ansible-core')}, ansible-runner "
+        f"{of('ansible-runner')}, Python {python})"
+    )
+    raise typer.Exit(0)
+
+
+def _ask(what: str) -> str:
+    """A password from the terminal (not echoed), or the first line of standard input where there is none."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"{what}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    vault_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--vault-id", help="A vault identity, as ansible-playbook takes it, for every run; repeatable."
+        ),
+    ] = None,
+    ask_vault_pass: Annotated[
+        bool, typer.Option("--ask-vault-pass", "-J", help="Ask for the vault password once, for every run.")
+    ] = False,
+    ask_become_pass: Annotated[
+        bool, typer.Option("--ask-become-pass", "-K", help="Ask for the become (sudo) password once.")
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the versions and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
     """Global options; --debug is read by main() before any command runs."""
+    runner.SECRETS = runner.Secrets(
+        vault_ids=tuple(vault_id or ()),
+        vault_password=_ask("Vault password") if ask_vault_pass else None,
+        become_password=_ask("BECOME password") if ask_become_pass else None,
+    )
 
 
 @app.command()
@@ -145,6 +215,19 @@ TimeoutOption = Annotated[
 ]
 
 
+# A Kubernetes node name: a DNS-1123 subdomain (lower-case alphanumerics, '-' and '.', at most 253).
+NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def check_node_name(node: str) -> str:
+    """NODE when it is a Kubernetes node name; a usage error (exit 2) otherwise, before anything runs."""
+    if len(node) > 253 or not NODE_NAME.fullmatch(node):
+        raise UsageError(
+            f"{node!r} is not a node name (lower-case letters, digits, '-' and '.': a Kubernetes node's name)"
+        )
+    return node
+
+
 def _node_request(
     playbook: str,
     node: str | None,
@@ -154,8 +237,10 @@ def _node_request(
     limit: str | None = None,
     **options: object,
 ) -> runner.RunRequest:
-    extra = [f"maintenance_node={node}"] if node is not None else []
-    extra += [f"maintenance_{name}={json.dumps(value)}" for name, value in options.items()]
+    # One JSON mapping: the node's name reaches Ansible as data, never parsed as KEY=VALUE text.
+    values = {"maintenance_node": check_node_name(node)} if node is not None else {}
+    values.update({f"maintenance_{name}": value for name, value in options.items()})
+    extra = [json.dumps(values)] if values else []
     return runner.RunRequest(
         playbook=f"maintenance/{playbook}",
         inventory=inventory,

@@ -7,7 +7,11 @@ keeps secrets out of world-readable files and turns ansible's events into a `Run
 
 from __future__ import annotations
 
+import configparser
+import json
 import os
+import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -53,6 +57,33 @@ class RunRequest:
     check: bool = False
     diff: bool = False
     verbosity: int = 0
+
+
+@dataclass
+class Secrets:
+    """What the global options --vault-id, --ask-vault-pass and --ask-become-pass ask of every run: the
+    vault ids go to ansible-playbook as they are, the passwords (asked once, by the CLI) answer its prompts
+    through ansible-runner, in memory only."""
+
+    vault_ids: tuple[str, ...] = ()
+    vault_password: str | None = None
+    become_password: str | None = None
+
+    def cmdline(self) -> list[str]:
+        args = [arg for vault_id in self.vault_ids for arg in ("--vault-id", vault_id)]
+        args += ["--ask-vault-pass"] * (self.vault_password is not None)
+        return args + ["--ask-become-pass"] * (self.become_password is not None)
+
+    def prompts(self) -> dict[str, str]:
+        answers = {}
+        if self.vault_password is not None:
+            answers[r"^Vault password.*:\s*?$"] = self.vault_password
+        if self.become_password is not None:
+            answers[r"^BECOME password.*:\s*?$"] = self.become_password
+        return answers
+
+
+SECRETS = Secrets()  # set once by the CLI's global options
 
 
 @dataclass
@@ -140,14 +171,40 @@ def resolve_playbook(name: str, project: Path) -> Path:
     )
 
 
+def configured_inventory(project: Path) -> tuple[str, Path] | None:
+    """The inventory Ansible itself would take when -i is not given: $ANSIBLE_INVENTORY, else `inventory`
+    in [defaults] of the ansible.cfg in effect ($ANSIBLE_CONFIG, else the project's), relative to that file.
+    (name as given, the directory it is relative to), or None."""
+    from_env = os.environ.get("ANSIBLE_INVENTORY", "").strip()
+    if from_env:
+        return from_env, Path.cwd()
+    config = Path(os.environ.get("ANSIBLE_CONFIG") or project / "ansible.cfg")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        parser.read(config)
+    except configparser.Error as error:
+        raise UsageError(f"{config}: {error}") from None
+    value = parser.get("defaults", "inventory", fallback="").strip()
+    return (os.path.expanduser(value), config.parent) if value else None
+
+
 def resolve_inventory(name: str | None, project: Path) -> Path:
-    """The inventory given, or the lab's when none is given and a lab is up."""
+    """The inventory given with -i; else Ansible's own ($ANSIBLE_INVENTORY, ansible.cfg's); else the lab's
+    when a lab is up. One source: a directory holds several."""
+    base = Path.cwd()
+    if name is None and (configured := configured_inventory(project)) is not None:
+        name, base = configured
     if name is None:
         lab = project / "inventories" / os.environ.get("APPLIANCE_LAB_NAME", "lab") / "hosts.yml"
         if lab.is_file():
             return lab
-        raise UsageError("no inventory given (-i INVENTORY) and no lab inventory (run `appliance lab up`)")
-    path = Path(name)
+        raise UsageError(
+            "no inventory given (-i INVENTORY, ANSIBLE_INVENTORY or ansible.cfg's inventory) and no lab "
+            "inventory (run `appliance lab up`)"
+        )
+    if "," in name:
+        raise UsageError(f"inventory {name!r}: give one source (a directory can hold several)")
+    path = base / name
     if not path.exists() and (project / name).exists():
         path = project / name
     if not path.exists():
@@ -223,7 +280,7 @@ class EventTally:
         elif kind == "playbook_on_stats":
             self._final_counts(data)
         self.on_update(state)
-        return False  # nothing to keep on disk: the run's directory is private and removed afterwards
+        return True  # kept in the run's artifacts (job_events/), for inspection after the run
 
     def _final_counts(self, data: dict[str, Any]) -> None:
         names = {
@@ -261,8 +318,12 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
     extra_vars = [parse_extra_var(value) for value in request.extra_vars]
     cmdline = [arg for value in extra_vars for arg in ("-e", value)]
     cmdline += ["--check"] * request.check + ["--diff"] * request.diff
+    cmdline += SECRETS.cmdline()
     state = RunState(playbook=str(playbook), inventory=str(inventory))
-    state.log = str(_log_path(playbook))
+    runs = runs_dir()
+    prune_runs(runs, keep_days())
+    ident = f"{time.strftime('%Y%m%dT%H%M%S')}-{playbook.stem}-{secrets.token_hex(2)}"
+    state.log = str(runs / ident / "stdout")
     private = Path(tempfile.mkdtemp(prefix="appliance-run-"))  # mode 0700: runner writes env and args here
     interrupted = threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
@@ -282,11 +343,14 @@ def run_playbook(request: RunRequest, on_update: Callable[[RunState], None] = la
             cancel_callback=interrupted.is_set,
             quiet=True,
             suppress_env_files=True,
+            passwords=SECRETS.prompts() or None,
+            artifact_dir=str(runs),
+            ident=ident,
         )
         state.rc = result.rc
         state.status = result.status
-        _keep_log(result, Path(state.log))
     finally:
+        _scrub_command(runs / ident / "command")
         signal.signal(signal.SIGINT, previous_handler)
         shutil.rmtree(private, ignore_errors=True)
     state.finished = True
@@ -299,14 +363,84 @@ def _set_status(state: RunState, status: str, on_update: Callable[[RunState], No
     on_update(state)
 
 
-def _log_path(playbook: Path) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    return paths.state_dir() / "runs" / f"{stamp}-{playbook.stem}.log"
+def runs_dir() -> Path:
+    """Where each run's artifacts are kept, readable by their owner only: RUNS/<time>-<playbook>-<id>/ with
+    ansible's output (stdout), its events (job_events/*.json), rc, status and the command (scrubbed)."""
+    runs = paths.state_dir() / "runs"
+    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    runs.chmod(0o700)
+    return runs
 
 
-def _keep_log(result: Any, log: Path) -> None:
-    """Keep ansible's own output (no_log applies to it) for the operator, readable by its owner only."""
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def keep_days() -> float:
+    """How long runs are kept: $APPLIANCE_RUNS_KEEP_DAYS, 30 days by default."""
+    text = os.environ.get("APPLIANCE_RUNS_KEEP_DAYS", "30")
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"APPLIANCE_RUNS_KEEP_DAYS={text!r}: expected a number of days") from None
+
+
+def prune_runs(runs: Path, days: float, now: float | None = None, most: int = 300) -> list[Path]:
+    """Remove the runs (and older runs' single .log files) last written more than DAYS ago, and the oldest
+    beyond the MOST newest (a test suite runs hundreds); return them."""
+    cutoff = (now if now is not None else time.time()) - days * 86400
+    entries = []
+    for entry in runs.iterdir():
+        try:
+            entries.append((entry.lstat().st_mtime, entry))
+        except FileNotFoundError:
+            continue
+    entries.sort(reverse=True)
+    removed = []
+    for position, (written, entry) in enumerate(entries):
+        if written >= cutoff and position < most:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+# Extra variables whose value is kept out of a run's recorded command.
+SECRET_NAME = re.compile(r"pass|secret|token|key|credential|vault", re.IGNORECASE)
+
+
+def scrub_extra_var(extra: str) -> str:
+    """An -e value with the values of secret-looking variables replaced (KEY=VALUE text or a JSON mapping);
+    a YAML form it does not read is replaced whole."""
+    if extra.startswith("@"):
+        return extra
+    try:
+        data = json.loads(extra)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return json.dumps({k: "REDACTED" if SECRET_NAME.search(k) else v for k, v in data.items()})
+    if extra.lstrip().startswith("{"):
+        return "REDACTED"
+    try:
+        words = shlex.split(extra)
+    except ValueError:
+        return "REDACTED"
+    pairs = (word.partition("=") for word in words)
+    return shlex.join(f"{k}=REDACTED" if SECRET_NAME.search(k) else f"{k}={v}" for k, _, v in pairs)
+
+
+def _scrub_command(path: Path) -> None:
+    """Keep of ansible-runner's recorded command what replays the run, and nothing secret: the arguments, the
+    values of secret-looking -e variables redacted, and the working directory; not the environment."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return
+    argv = list(recorded.get("command") or [])
+    for position, argument in enumerate(argv[:-1]):
+        if argument in ("-e", "--extra-vars"):
+            argv[position + 1] = scrub_extra_var(argv[position + 1])
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(result.stdout.read())
+        json.dump({"command": argv, "cwd": recorded.get("cwd")}, handle, indent=2)

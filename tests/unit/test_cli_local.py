@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,13 @@ def test_check_mode_reaches_ansible(cli, local_inventory):
         ),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "=oops"], "expected KEY=VALUE"),
         (["run", FAIL_PLAYBOOK, "-i", "{inventory}", "-e", "@/nonexistent.yml"], "no such file"),
+        # A node's name is data: text that would set another variable is refused before anything runs.
+        (
+            ["node", "drain", "worker-1 maintenance_force=true", "-i", "{inventory}"],
+            "'worker-1 maintenance_force=true' is not a node name",
+        ),
+        (["health", "readmit", "Worker_1", "-i", "{inventory}"], "'Worker_1' is not a node name"),
+        (["node", "rejoin", "worker-*", "-i", "{inventory}"], "'worker-*' is not a node name"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(cli, local_inventory, args, message):
@@ -109,6 +117,22 @@ def test_syntax_error_is_one_line_exit_1(cli, local_inventory, tmp_path):
     result = cli("run", str(broken), "-i", str(local_inventory))
     assert result.returncode == 1
     assert "before running any task" in result.stderr
+
+
+def test_version_names_the_toolkit_ansible_and_python(cli):
+    result = cli("--version")
+    assert result.returncode == 0 and result.stderr == ""
+    assert re.fullmatch(
+        r"appliance \d+\.\d+\.\d+ \(ansible-core \d+\.\d+\.\d+, ansible-runner \S+, Python 3\.\d+\.\d+\)\n",
+        result.stdout,
+    ), result.stdout
+
+
+def test_help_gives_examples_and_every_exit_code(cli):
+    result = cli("--help")
+    assert result.returncode == 0 and "appliance node drain worker-1" in result.stdout
+    codes = re.findall(r"^ +(\d+) {2,}", result.stdout.split("Exit codes")[1], re.MULTILINE)
+    assert codes == ["0", "1", "2", "130"]
 
 
 def test_unknown_option_is_usage_error(cli):
