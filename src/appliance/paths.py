@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from appliance.errors import UsageError
 
 
 def project_root() -> Path:
-    """The checkout holding site.yml: $APPLIANCE_PROJECT_DIR, else the source tree of this package."""
+    """The checkout holding site.yml: $APPLIANCE_PROJECT_DIR, else the source tree of this package, else
+    the project a bundle's controller/install.sh unpacked beside this virtualenv (share/appliance)."""
     explicit = os.environ.get("APPLIANCE_PROJECT_DIR")
     candidates = [Path(explicit)] if explicit else []
-    candidates += [Path(__file__).resolve().parents[2], Path.cwd(), *Path.cwd().parents]
+    candidates += [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "appliance"]
+    candidates += [Path.cwd(), *Path.cwd().parents]
     for candidate in candidates:
         if (candidate / "site.yml").is_file() and (candidate / "ansible.cfg").is_file():
             return candidate

@@ -10,6 +10,8 @@ Layout (stable; manifest.json lists every file with its component, version, size
     images/      one `docker save` archive per image, tagged with its exact upstream name
     charts/      Helm charts (.tgz)
     manifests/   Kubernetes manifests (kube-flannel.yml)
+    controller/  the machine that runs Ansible, offline: `controller/install.sh DIR` installs the toolkit,
+                 its Python packages (wheels), the collections and the playbooks (see controller.py)
 
 The heavy steps cache their results outside the work tree (~/.cache/appliance/bundle/), keyed by what
 they are built from, so a rebuild with nothing changed takes seconds. The bundle is assembled in a
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bundle import debs, gobuild, images, manifest, upstream, versions
+from appliance.bundle import controller, debs, gobuild, images, manifest, upstream, versions
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image as node_image
 
@@ -174,6 +176,8 @@ def _assemble(
         source = fetcher.manifest(name, entry) if fetcher else _project_manifest(project, name, entry)
         copied = _copy(source, manifests_dir / f"{name}.yml")
         owners[f"manifests/{copied.name}"] = (name, entry["version"])
+
+    owners.update(controller.assemble(root, project, debs.source_date_epoch(data), log))
     return owners
 
 
