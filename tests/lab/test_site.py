@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab_kubectl, run_cli, run_playbook
+from tests.conftest import PROJECT, lab_kubectl, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -470,6 +470,47 @@ def test_check_mode_on_the_converged_lab_reports_no_change(converged):
     result, summary = site("--check")
     assert result.returncode == 0, result.stdout[-3000:]
     assert set(changed(summary).values()) == {0}
+
+
+def test_a_controller_installed_from_the_bundle_alone_runs_check_on_the_lab_with_no_change(
+    converged, tmp_path
+):
+    """Issue 23's air-gapped controller: in a container of the lab's node image (Debian 12's python3, no
+    pip, no python3-venv) with no network and the bundle read-only, controller/install.sh makes a working
+    `appliance`; then, on the lab's network, that controller's `appliance bootstrap --check` changes
+    nothing. The lab's state directory (its SSH key, known_hosts, Run:ai inputs) is mounted where the
+    inventory names it; the project comes from the bundle, not from this checkout."""
+    image = run_cli("lab", "image", timeout=3600)
+    assert image.returncode == 0, image.stderr
+    tag = image.stdout.strip()
+    bundle = Path.home() / ".local/state/appliance/bundle"
+    venv = tmp_path / "controller"
+    venv.mkdir()
+    base = ["docker", "run", "--rm", "--entrypoint", "/bin/sh", "-v", f"{venv}:/opt/controller"]
+    installed = subprocess.run(
+        [*base, "--network", "none", "-v", f"{bundle}:/bundle:ro", tag, "-c",
+         "if command -v pip || command -v pip3 || python3 -c 'import ensurepip' 2>/dev/null; then "
+         "echo 'the image has pip or ensurepip: not the bare python3 this test needs' >&2; exit 9; fi; "
+         "/bundle/controller/install.sh /opt/controller/v && /opt/controller/v/bin/appliance --version"],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    assert installed.stdout.strip().splitlines()[-1].startswith("appliance 0.1.0 (ansible-core 2.19.14"), (
+        installed.stdout
+    )
+
+    state = Path.home() / ".local/state/appliance"
+    inventory = PROJECT / "inventories" / "labsite" / "hosts.yml"
+    checked = subprocess.run(
+        [*base, "--network", "appliance-labsite", "-v", f"{state}:{state}",
+         "-v", f"{inventory}:/inv/hosts.yml:ro", "-v", f"{RUNAI_VARS}:{RUNAI_VARS}:ro", "-w", "/", tag, "-c",
+         f"/opt/controller/v/bin/appliance bootstrap -i /inv/hosts.yml -e @{RUNAI_VARS} --check --json"],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-3000:]
+    summary = json.loads(checked.stdout)
+    assert set(changed(summary).values()) == {0}, summary["hosts"]
+    assert set(summary["hosts"]) == set(NODES)
 
 
 def release_values(name: str, namespace: str) -> dict:
