@@ -44,6 +44,25 @@ def test_bundle_has_the_stable_layout_and_every_artifact(bundle):
         assert image in images, image
     assert "charts/gpu-operator-v1.11.1.tgz" in files
     assert "manifests/kube-flannel.yml" in files
+    # The controller, offline (controller.py): install.sh, the toolkit's and its dependencies' wheels,
+    # pip's, and the collections with their dependencies.
+    assert files["controller/install.sh"]["component"] == "appliance-controller"
+    assert files["controller/wheels/appliance-0.1.0-py3-none-any.whl"]["component"] == "python:appliance"
+    for wheel in (
+        "pip-",
+        "ansible_core-2.19.14-",
+        "ansible_runner-2.4.3-",
+        "ansible-12.3.0-",
+        "cryptography-",
+    ):
+        assert any(name.startswith(f"controller/wheels/{wheel}") for name in files), wheel
+    for collection in (
+        "community-crypto-3.0.5",
+        "kubernetes-core-6.2.0",
+        "community-library_inventory_filtering_v1",
+    ):
+        assert any(name.startswith(f"controller/collections/{collection}") for name in files), collection
+    assert "controller/project.tar.gz" in files
 
 
 def test_bundle_verifies_against_its_printed_manifest_digest(bundle):
@@ -70,7 +89,7 @@ def test_kubernetes_binaries_report_the_release(bundle):
     assert set(images) <= bundled
 
 
-@pytest.mark.parametrize("kind", ["bin/", "debs/", "images/", "charts/", "manifests/"])
+@pytest.mark.parametrize("kind", ["bin/", "debs/", "images/", "charts/", "manifests/", "controller/wheels/"])
 def test_one_altered_byte_in_any_part_is_named(bundle, kind):
     out, _ = bundle
     victim = sorted(p for p in (out / kind).iterdir() if p.is_file())[0]
