@@ -538,20 +538,33 @@ def bundle_build(
         list[str] | None,
         typer.Option(
             "--mirror",
-            help="With --source upstream, fetch from a mirror: URL-PREFIX=URL-PREFIX or REGISTRY=[http://]HOST.",
+            help="Fetch from a mirror (--source upstream, and site images): URL-PREFIX=URL-PREFIX or "
+            "REGISTRY=[http://]HOST.",
+        ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            help="Add an image the site's workloads use, by the name pods give it (repeatable): REF, copied "
+            "from its registry, or REF=SOURCE, a skopeo source such as docker-daemon:NAME:TAG.",
         ),
     ] = None,
 ) -> None:
-    """Build the offline bundle: binaries, apt repository, images, charts, manifests, manifest.json."""
+    """Build the offline bundle: binaries, apt repository, images, charts, manifests, the controller."""
     from appliance.bundle import upstream
 
-    if mirror and source != "upstream":
-        raise UsageError("--mirror applies to --source upstream only")
-    _build_bundle(out, source, versions_file, upstream.parse_mirrors(mirror or []))
+    if mirror and source != "upstream" and not image:
+        raise UsageError("--mirror applies to --source upstream and to site images (--image)")
+    _build_bundle(out, source, versions_file, upstream.parse_mirrors(mirror or []), image or [])
 
 
 def _build_bundle(
-    out: Path, source: str, versions_file: Path | None = None, mirrors: dict[str, str] | None = None
+    out: Path,
+    source: str,
+    versions_file: Path | None = None,
+    mirrors: dict[str, str] | None = None,
+    extra_images: list[str] | None = None,
 ) -> None:
     from appliance.bundle import build  # imports the builders only when building
 
@@ -561,6 +574,7 @@ def _build_bundle(
         log=lambda line: console.print(f"bundle: {line}", highlight=False),
         versions_path=versions_file,
         mirrors=mirrors,
+        extra_images=extra_images,
     )
     size = result.size / 2**20
     console.print(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bundle import controller, debs, gobuild, images, manifest, upstream, versions
+from appliance.bundle import controller, debs, gobuild, images, manifest, site_images, upstream, versions
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image as node_image
 
@@ -65,11 +65,13 @@ def build_bundle(
     *,
     versions_path: Path | None = None,
     mirrors: dict[str, str] | None = None,
+    extra_images: list[str] | None = None,
 ) -> BuildResult:
     """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory).
 
     SOURCE is `build` (from source) or `upstream` (downloaded, see upstream.py, through MIRRORS);
-    VERSIONS_PATH replaces the project's versions.yml."""
+    VERSIONS_PATH replaces the project's versions.yml; EXTRA_IMAGES (`--image`) add to versions.yml's
+    bundle_extra_images (site_images.py)."""
     if source not in SOURCES:
         raise UsageError(f"--source {source}: this toolkit builds bundles from: {', '.join(SOURCES)}")
     out = out.resolve()
@@ -81,12 +83,17 @@ def build_bundle(
     project = paths.project_root()
     versions_path = (versions_path or versions.versions_file(project)).resolve()
     data = versions.load(versions_path)
+    site = site_images.collect(
+        [*(data.get("bundle_extra_images") or []), *(extra_images or [])],
+        [*versions.image_names(data), *versions.operand_image_names(data)],
+    )
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         fetcher = upstream.Fetcher(data, mirrors or {}, log) if source == "upstream" else None
         owners = _assemble(staging, data, project, fetcher, log)
+        owners.update(_site_images(staging, site, data, mirrors or {}, log))
         meta = {
             "kubernetes": data["kubernetes"]["version"],
             "source": source,
@@ -178,6 +185,23 @@ def _assemble(
         owners[f"manifests/{copied.name}"] = (name, entry["version"])
 
     owners.update(controller.assemble(root, project, debs.source_date_epoch(data), log))
+    return owners
+
+
+def _site_images(
+    root: Path,
+    site: list[site_images.SiteImage],
+    data: dict[str, Any],
+    mirrors: dict[str, str],
+    log: Callable[[str], None],
+) -> dict[str, tuple[str, str]]:
+    """The site's own images (site_images.py) into images/, beside the appliance's."""
+    owners = {}
+    cache = paths.cache_dir() / "bundle" / "site-images"
+    copied = site_images.copy_all(site, cache, mirrors, data["architectures"][0], log)
+    for image in site:
+        archive = _copy(copied[image.name], root / "images" / copied[image.name].name)
+        owners[f"images/{archive.name}"] = (image.repository, image.version)
     return owners
 
 

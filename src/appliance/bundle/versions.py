@@ -58,6 +58,9 @@ def check(data: Any) -> list[str]:
                     and all(c in "0123456789abcdef" for c in digest)
                 ):
                     problems.append(f"{section}.{name}.sha256.{arch}: {digest!r} is not a sha256 hex digest")
+    extra = data.get("bundle_extra_images")
+    if extra is not None and not (isinstance(extra, list) and all(isinstance(i, str) for i in extra)):
+        problems.append("bundle_extra_images: expected a list of image names (strings)")
     return problems
 
 
