@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,35 @@ def lab_kubectl(
         timeout=timeout,
         check=False,
     )
+
+
+# The lab tests' workload (tests/lab/fixtures/echo), built here, and the site image the labs' bundle
+# carries: the echo image under the name of the guide's test image (gcr.io/run-ai-demo/quickstart), added
+# with `lab bundle --image` as a site adds its own (the real quickstart image cannot be downloaded here).
+ECHO_SOURCE = PROJECT / "tests" / "lab" / "fixtures" / "echo" / "main.go"
+ECHO_IMAGE = "appliance-test/echo:1"
+SITE_IMAGE = "gcr.io/run-ai-demo/quickstart:appliance-test"
+
+
+def build_echo_image() -> str:
+    """`docker build` the echo workload into this machine's engine as ECHO_IMAGE (FROM scratch)."""
+    with tempfile.TemporaryDirectory() as work:
+        directory = Path(work)
+        env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": ""}
+        subprocess.run(
+            ["go", "build", "-o", str(directory / "echo"), str(ECHO_SOURCE)], env=env, check=True, timeout=600
+        )
+        (directory / "Dockerfile").write_text('FROM scratch\nCOPY echo /echo\nENTRYPOINT ["/echo"]\n')
+        subprocess.run(
+            ["docker", "build", "-q", "-t", ECHO_IMAGE, str(directory)], check=True, capture_output=True
+        )
+    return ECHO_IMAGE
+
+
+def build_lab_bundle() -> subprocess.CompletedProcess[str]:
+    """The labs' bundle, with SITE_IMAGE (the echo workload) as a site image."""
+    build_echo_image()
+    return run_cli("lab", "bundle", "--image", f"{SITE_IMAGE}=docker-daemon:{ECHO_IMAGE}", timeout=4 * 3600)
 
 
 @pytest.fixture

@@ -494,9 +494,14 @@ def lab_kubeconfig() -> None:
 
 
 @lab_app.command("bundle")
-def lab_bundle() -> None:
+def lab_bundle(
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", help="Add a site image, as `bundle build --image` does (repeatable)."),
+    ] = None,
+) -> None:
     """Build (or refresh from the cache) the bundle the lab serves, where its inventory points."""
-    _build_bundle(paths.lab_bundle_dir(), "build")
+    _build_bundle(paths.lab_bundle_dir(), "build", extra_images=image or [])
 
 
 @lab_app.command("runai-tarball")

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import lab_kubectl, run_cli, run_playbook
+from tests.conftest import SITE_IMAGE, build_lab_bundle, lab_kubectl, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -49,7 +49,7 @@ def site(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
 
 @pytest.fixture(scope="module")
 def converged():
-    built = run_cli("lab", "bundle", timeout=4 * 3600)
+    built = build_lab_bundle()
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
     # The lab goes down however the setup ends: this machine's two cores are shared.
     try:
@@ -112,25 +112,32 @@ kind: Pod
 metadata: {{name: {name}, namespace: default}}
 spec:
   nodeSelector: {{kubernetes.io/hostname: worker-1}}
-  containers: [{{name: pause, image: "{image}", imagePullPolicy: Always}}]
+  containers: [{{name: main, image: "{image}", imagePullPolicy: Always, args: {args}}}]
 """
 
 
-# By the registry's own name (as kubeadm and flannel name images), and by the upstream name, which
-# containerd's mirrors (role bundle_client) send to the registry: no other registry can be reached here.
+# By the registry's own name (as kubeadm and flannel name images), by the upstream name, which
+# containerd's mirrors (role bundle_client) send to the registry, and by the name of the site image that
+# `lab bundle --image` added (gcr.io, mirrored because the bundle's manifest lists an image of it): no
+# other registry can be reached here.
 @pytest.mark.parametrize(
-    ("pod", "image"),
-    [("from-registry", f"{REGISTRY}/pause:3.6"), ("from-upstream-name", "k8s.gcr.io/pause:3.6")],
+    ("pod", "image", "args"),
+    [
+        ("from-registry", f"{REGISTRY}/pause:3.6", []),
+        ("from-upstream-name", "k8s.gcr.io/pause:3.6", []),
+        ("from-site-image", SITE_IMAGE, ["serve", ":8080"]),
+    ],
 )
-def test_a_pod_on_the_worker_runs_an_image_pulled_from_the_bundles_registry(converged, pod, image):
+def test_a_pod_on_the_worker_runs_an_image_pulled_from_the_bundles_registry(converged, pod, image, args):
     kubectl("delete", "pod", pod, "--ignore-not-found", "--wait")
-    kubectl("apply", "-f", "-", stdin=POD.format(name=pod, image=image))
+    kubectl("apply", "-f", "-", stdin=POD.format(name=pod, image=image, args=json.dumps(args)))
     kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=180s")
     found = kube_json("get", "pod", pod)
     assert found["spec"]["nodeName"] == "worker-1"
     status = found["status"]["containerStatuses"][0]
     assert status["ready"] and "running" in status["state"], status
-    assert status["imageID"].endswith("@" + registry_digest("pause", "3.6")), status["imageID"]
+    repository, tag = image.split("/", 1)[1].rsplit(":", 1)
+    assert status["imageID"].endswith("@" + registry_digest(repository, tag)), status["imageID"]
     kubectl("delete", "pod", pod, "--wait=false")
 
 

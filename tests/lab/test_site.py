@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -24,14 +23,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PROJECT, lab_kubectl, run_cli, run_playbook
+from tests.conftest import (
+    ECHO_IMAGE,
+    PROJECT,
+    SITE_IMAGE,
+    build_lab_bundle,
+    lab_kubectl,
+    run_cli,
+    run_playbook,
+)
 
 pytestmark = pytest.mark.lab
 
 LAB_ENV = {"APPLIANCE_LAB_NAME": "labsite", "APPLIANCE_LAB_SUBNET": "172.28.4.0/24"}
 NODES = ("cp-1", "worker-1", "worker-2")
-ECHO_SOURCE = Path(__file__).parent / "fixtures" / "echo" / "main.go"
-ECHO_IMAGE = "appliance-test/echo:1"
 MASTER_TOLERATION = {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"}
 KUBE = ("kubeadm", "kubectl", "kubelet")
 UNREACHABLE_MIRROR = "http://127.0.0.1:9/debian"
@@ -72,7 +77,7 @@ def changed(summary: dict) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def converged():
-    built = run_cli("lab", "bundle", timeout=4 * 3600)
+    built = build_lab_bundle()
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr
     up = lab_cli("lab", "up", "--workers", "2")
     assert up.returncode == 0, up.stderr
@@ -177,19 +182,10 @@ def test_every_system_and_flannel_pod_runs_and_flannel_is_on_every_node(converge
 
 @pytest.fixture(scope="module")
 def echo_image(converged):
-    """The test workload (tests/lab/fixtures/echo), built here and pushed into the lab's registry from
-    cp-1 (the registry takes pushes from that node only): no other image source exists here."""
+    """The test workload (tests/lab/fixtures/echo, built by the converged fixture) pushed into the lab's
+    registry from cp-1 (the registry takes pushes from that node only), named by the registry's address."""
     with tempfile.TemporaryDirectory() as work:
-        directory = Path(work)
-        env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": ""}
-        subprocess.run(
-            ["go", "build", "-o", str(directory / "echo"), str(ECHO_SOURCE)], env=env, check=True, timeout=600
-        )
-        (directory / "Dockerfile").write_text('FROM scratch\nCOPY echo /echo\nENTRYPOINT ["/echo"]\n')
-        subprocess.run(
-            ["docker", "build", "-q", "-t", ECHO_IMAGE, str(directory)], check=True, capture_output=True
-        )
-        archive = directory / "echo.tar"
+        archive = Path(work) / "echo.tar"
         subprocess.run(["docker", "save", "-o", str(archive), ECHO_IMAGE], check=True)
         subprocess.run(["docker", "cp", str(archive), "appliance-labsite-cp-1:/root/echo.tar"], check=True)
     on(
@@ -256,6 +252,51 @@ def test_a_deployment_on_both_workers_answers_through_a_service_by_dns_name_from
     assert phase == "Succeeded", answers
     # Every answer came from a pod of the Deployment, and both pods (on both workers) answered.
     assert len(answers) == 20 and set(answers) == set(where), (answers, where)
+
+
+UPSTREAM_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  containers: [{{name: main, image: "{image}", imagePullPolicy: Always, args: {args}}}]
+"""
+
+
+def test_pods_naming_images_by_their_upstream_names_run_on_docker_from_the_private_registry(converged):
+    """Issue 23: docker mirrors Docker Hub alone, so role bundle_client names the other registries in
+    /etc/hosts after a proxy on each node's loopback that forwards to the private registry. A pod naming
+    k8s.gcr.io/pause:3.6 (an image of the bundle) and one naming the site image that `lab bundle --image`
+    added (gcr.io, a registry only the site image brings) run, pulled (imagePullPolicy Always) with no
+    internet; neither image was on the node by that name before."""
+    cases = {
+        "upstream-pause": ("worker-1", "k8s.gcr.io/pause:3.6", []),
+        "site-image": ("worker-2", SITE_IMAGE, ["serve", ":8080"]),
+    }
+    for node, image, _ in cases.values():
+        present = on(node, f"docker image inspect {image} >/dev/null 2>&1 && echo present || echo absent")
+        assert present.strip() == "absent", (node, image)
+    for name, (node, image, args) in cases.items():
+        kubectl("delete", "pod", name, "--ignore-not-found", "--wait")
+        pod = UPSTREAM_POD.format(name=name, node=node, image=image, args=json.dumps(args))
+        kubectl("apply", "-f", "-", stdin=pod)
+    try:
+        for name in cases:
+            kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=180s")
+        for name, (node, image, _) in cases.items():
+            found = kube_json("get", "pod", name)
+            assert found["spec"]["nodeName"] == node
+            status = found["status"]["containerStatuses"][0]
+            assert status["ready"] and "running" in status["state"], status
+            assert status["image"] == image, status
+            assert on(node, f"docker image inspect --format '{{{{.Id}}}}' {image}").startswith("sha256:")
+        names = [
+            line.split() for line in on("worker-1", "cat /etc/hosts").splitlines() if "k8s.gcr.io" in line
+        ]
+        assert len(names) == 1 and names[0][0] == "127.0.77.1" and "gcr.io" in names[0], names
+    finally:
+        kubectl("delete", "pod", *cases, "--wait=false")
 
 
 def test_nothing_came_from_the_nodes_own_apt_sources(converged):
