@@ -66,7 +66,7 @@ def test_extract_names_the_missing_binary(tmp_path):
 def test_cli_refuses_mirror_without_upstream_and_unknown_sources(tmp_path):
     result = run_cli("bundle", "build", "--out", str(tmp_path / "b"), "--mirror", "a=b")
     assert result.returncode == 2
-    assert "--mirror applies to --source upstream only" in result.stderr
+    assert "--mirror applies to --source upstream and to site images (--image)" in result.stderr
     result = run_cli("bundle", "build", "--out", str(tmp_path / "b"), "--source", "ftp")
     assert result.returncode == 2
     assert "--source ftp: this toolkit builds bundles from: build, upstream" in result.stderr
