@@ -19,10 +19,10 @@ import json
 import shutil
 from pathlib import Path
 
+from appliance import paths
 from appliance.bundle.manifest import sha256_of
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "health"
-MODULE_UTILS = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
 SHARED = ("appliance_nodes.py", "appliance_maintenance.py")
 STAGE_DIR = Path.home() / ".cache" / "appliance" / "health-package"
 
@@ -65,9 +65,16 @@ def stage(package_dir: Path, files: list[Path], shared: list[Path], digest: str,
     return root
 
 
+def module_utils_dir() -> Path:
+    """The project's plugins/module_utils: the checkout's, or the one a bundle's controller/install.sh
+    unpacked beside the virtualenv (paths.project_root finds either)."""
+    return paths.project_root() / "plugins" / "module_utils"
+
+
 def describe(
-    package_dir: Path = PACKAGE_DIR, module_utils: Path = MODULE_UTILS, stage_dir: Path = STAGE_DIR
+    package_dir: Path = PACKAGE_DIR, module_utils: Path | None = None, stage_dir: Path = STAGE_DIR
 ) -> dict:
+    module_utils = module_utils or module_utils_dir()
     files = package_files(package_dir)
     shared = [module_utils / name for name in SHARED]
     missing = [str(path) for path in shared if not path.is_file()]
