@@ -525,8 +525,9 @@ def test_a_controller_installed_from_the_bundle_alone_runs_check_on_the_lab_with
     """Issue 23's air-gapped controller: in a container of the lab's node image (Debian 12's python3, no
     pip, no python3-venv) with no network and the bundle read-only, controller/install.sh makes a working
     `appliance`; then, on the lab's network, that controller's `appliance bootstrap --check` changes
-    nothing. The lab's state directory (its SSH key, known_hosts, Run:ai inputs) is mounted where the
-    inventory names it; the project comes from the bundle, not from this checkout."""
+    nothing. The lab's state directory (its SSH key, known_hosts, Run:ai inputs and generated CA, kept per
+    inventory directory) and the inventory are mounted where they are here; the playbooks and roles come
+    from the bundle, not from this checkout (the container's working directory is /)."""
     image = run_cli("lab", "image", timeout=3600)
     assert image.returncode == 0, image.stderr
     tag = image.stdout.strip()
@@ -550,8 +551,8 @@ def test_a_controller_installed_from_the_bundle_alone_runs_check_on_the_lab_with
     inventory = PROJECT / "inventories" / "labsite" / "hosts.yml"
     checked = subprocess.run(
         [*base, "--network", "appliance-labsite", "-v", f"{state}:{state}",
-         "-v", f"{inventory}:/inv/hosts.yml:ro", "-v", f"{RUNAI_VARS}:{RUNAI_VARS}:ro", "-w", "/", tag, "-c",
-         f"/opt/controller/v/bin/appliance bootstrap -i /inv/hosts.yml -e @{RUNAI_VARS} --check --json"],
+         "-v", f"{inventory}:{inventory}:ro", "-v", f"{RUNAI_VARS}:{RUNAI_VARS}:ro", "-w", "/", tag, "-c",
+         f"/opt/controller/v/bin/appliance bootstrap -i {inventory} -e @{RUNAI_VARS} --check --json"],
         capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-3000:]
