@@ -435,6 +435,33 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
 
 
+def test_a_new_registry_reloads_docker_instead_of_restarting_it(converged):
+    """A site image from a registry not mirrored before makes role bundle_client name one more insecure
+    registry; here the same change comes through docker_insecure_registries. daemon.json gains it and
+    dockerd takes it on a reload (filter docker_reload_only): same main PID, kube-proxy's container not
+    restarted, and docker knows the registry."""
+    node = "worker-2"
+    started = "docker inspect --format '{{.State.StartedAt}}' $(docker ps -q --filter name=k8s_kube-proxy)"
+    pid, proxy = on(node, "systemctl show docker --property MainPID --value").strip(), on(node, started)
+    original = on(node, "cat /etc/docker/daemon.json")
+    extra = json.dumps({"docker_insecure_registries": ["172.28.4.10:5000", "reload.example:5000"]})
+    try:
+        result, summary = run_playbook(LAB_ENV, "playbooks/hosts.yml", "-e", extra, "--limit", node)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert summary["hosts"][node]["changed"] >= 1, summary["hosts"]  # daemon.json (and the reload)
+        assert (
+            "reload.example:5000"
+            in json.loads(on(node, "cat /etc/docker/daemon.json"))["insecure-registries"]
+        )
+        assert on(node, "systemctl show docker --property MainPID --value").strip() == pid
+        assert on(node, started) == proxy
+        indexes = json.loads(on(node, "docker info --format '{{json .RegistryConfig.IndexConfigs}}'"))
+        assert indexes["reload.example:5000"]["Secure"] is False, indexes
+    finally:
+        # The role merges and never removes: put the file back as it was, and reload.
+        on(node, f"cat > /etc/docker/daemon.json <<'EOF'\n{original}EOF\nsystemctl reload docker")
+
+
 # curl on cp-1 to the control plane's ingress with the domain's name and CA, and its login request.
 RUNAI_CURL = (
     f"curl -s --resolve {RUNAI_DOMAIN}:443:{RUNAI_IP} --cacert /etc/kubernetes/appliance/runai-ca.crt"
