@@ -60,7 +60,6 @@ PROJECT_ENTRIES = (
     "constraints.txt",
     "README.md",
 )
-SKIPPED = ("__pycache__", ".pyc")
 INSTALL_SCRIPT = Path(__file__).with_name("controller-install.sh")
 
 
@@ -137,7 +136,7 @@ def toolkit_wheel(project: Path, epoch: int, log: Callable[[str], None]) -> Path
     sources = sorted(
         file
         for file in [project / "pyproject.toml", project / "README.md", *(project / "src").rglob("*")]
-        if file.is_file() and not _skipped(file) and ".egg-info" not in file.as_posix()
+        if file.is_file() and not _skipped(file.relative_to(project)) and ".egg-info" not in file.as_posix()
     )
     recipe = hashlib.sha256(f"{SETUPTOOLS}:{epoch}\n".encode())
     for file in sources:
@@ -211,8 +210,7 @@ def build_artifact(source: Path, out: Path, epoch: int) -> Path:
         path
         for path in source.rglob("*")
         if path.name not in ("MANIFEST.json", "FILES.json")
-        and not _skipped(path)
-        and not any(part in SKIPPED for part in path.relative_to(source).parts)
+        and not _skipped(path.relative_to(source))
         and (path.is_file() or path.is_dir())
         and not path.is_symlink()
     )
@@ -277,9 +275,7 @@ def _project_files(project: Path) -> list[str]:
         {
             name
             for name in listed
-            if (project / name).is_file()
-            and not (project / name).is_symlink()
-            and not any(part in SKIPPED or part.endswith(".pyc") for part in Path(name).parts)
+            if (project / name).is_file() and not (project / name).is_symlink() and not _skipped(Path(name))
         }
     )
 
@@ -312,8 +308,9 @@ def _write_tar(
         packed.write(buffer.getvalue())
 
 
-def _skipped(path: Path) -> bool:
-    return path.name == "__pycache__" or path.suffix == ".pyc"
+def _skipped(relative: Path) -> bool:
+    """Python's byte-code caches: never packed (RELATIVE: a path below the directory being packed)."""
+    return "__pycache__" in relative.parts or relative.suffix == ".pyc"
 
 
 def _python_tag_check() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.bundle import images
+from appliance.bundle import images, upstream
 from appliance.errors import ApplianceError, UsageError
 
 # A registry host is the first path component when it has a dot or a colon, or is localhost (docker's rule).
@@ -141,11 +141,9 @@ def _copy(
 ) -> None:
     source, flags = image.source, []
     if source.startswith("docker://"):
-        registry, _, path = source.removeprefix("docker://").partition("/")
-        upstream = mirrors.get(registry, f"https://{registry}")
-        host = upstream.split("://", 1)[-1]
+        host, path, insecure = upstream.mirrored(source.removeprefix("docker://"), mirrors)
         source = f"docker://{host}/{path}"
-        flags = [f"--src-tls-verify={'false' if upstream.startswith('http://') else 'true'}"]
+        flags = [f"--src-tls-verify={'false' if insecure else 'true'}"]
     log(f"images: copying the site's {image.name} from {source}")
     partial = archive.with_name(archive.name + ".partial")
     partial.unlink(missing_ok=True)

@@ -161,10 +161,7 @@ class Fetcher:
         return archives
 
     def _copy_image(self, skopeo: str, image: str, archive: Path) -> None:
-        registry, _, path = image.partition("/")
-        source = self.mirrors.get(registry, f"https://{registry}")
-        host = source.split("://", 1)[-1]
-        insecure = source.startswith("http://")
+        host, path, insecure = mirrored(image, self.mirrors)
         self.log(f"upstream: copying {image} from {host}")
         partial = archive.with_name(archive.name + ".partial")
         partial.unlink(missing_ok=True)
@@ -226,6 +223,14 @@ def _extract(archive: Path, out: Path, only: str | None, what: str) -> None:
             found = True
     if not found:
         raise ApplianceError(f"{what}: {archive.name} holds no {only or 'file'}")
+
+
+def mirrored(image: str, mirrors: dict[str, str]) -> tuple[str, str, bool]:
+    """Where skopeo copies IMAGE (registry/path:tag) from: the host (its registry, or the mirror
+    MIRRORS names for it), the path on it, and whether that host speaks plain HTTP."""
+    registry, _, path = image.partition("/")
+    source = mirrors.get(registry, f"https://{registry}")
+    return source.split("://", 1)[-1], path, source.startswith("http://")
 
 
 def _last_line(text: str) -> str:
