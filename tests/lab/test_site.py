@@ -853,8 +853,13 @@ spec:
 def workload_pods() -> dict[str, tuple[str, int]]:
     """A user's workload (CERTS_WORKLOAD, 2 pods) and every other pod but those a renewal restarts on purpose
     - the control-plane static pods, and the Run:ai control plane's, which roll to serve its re-issued
-    certificate: UID -> (name, its containers' restarts)."""
+    certificate - and node-feature-discovery's worker (below): UID -> (name, its containers' restarts)."""
     static = ("etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-")
+    # node-feature-discovery v0.10.1's worker exits when nfd-master cannot label its node, which happens
+    # when its labelling round falls inside the API server's restart (pkg/nfd-client/worker: "failed to
+    # advertise labels" returns from the worker's loop); the kubelet restarts it.
+    # roles/certs/README.md says so.
+    upstream_exits = ("gpu-operator-node-feature-discovery-worker-",)
     pods = kube_json("get", "pods", "--all-namespaces")["items"]
     return {
         pod["metadata"]["uid"]: (
@@ -864,6 +869,7 @@ def workload_pods() -> dict[str, tuple[str, int]]:
         for pod in pods
         if not (pod["metadata"]["namespace"] == "kube-system" and pod["metadata"]["name"].startswith(static))
         and pod["metadata"]["namespace"] != "runai-backend"
+        and not pod["metadata"]["name"].startswith(upstream_exits)
     }
 
 
@@ -964,6 +970,15 @@ def test_certs_renew_force_renews_every_kubeadm_certificate_and_keeps_the_cluste
         pod for uid, pod in after_pods.items() if uid in pods_before and pod[1] > pods_before[uid][1]
     ]
     assert restarted == [], restarted
+    # The one upstream component that may exit during the window (workload_pods) is back on every node.
+    kubectl(
+        "--namespace",
+        "gpu-operator",
+        "rollout",
+        "status",
+        "daemonset/gpu-operator-node-feature-discovery-worker",
+        "--timeout=300s",
+    )
     kubectl("delete", "deployment", "certs-workload")
 
     again, summary = certs("renew")
