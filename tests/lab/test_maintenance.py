@@ -227,6 +227,20 @@ def test_restore_keeps_the_cordon_an_admin_had_set_before_the_drain():
     spread_over_the_workers()
 
 
+def upstream_names_survive_the_restart(node: str) -> None:
+    """docker rewrote the node container's /etc/hosts when it started again, dropping role bundle_client's
+    block; appliance-registry-hosts.service put it back during the boot, so the node still pulls an image
+    of the bundle by its upstream name (issue 23)."""
+    journal = lab_cli("lab", "exec", node, "--", "journalctl", "-b", "-u", "appliance-registry-hosts")
+    assert "names the mirrored registries again" in journal.stdout, journal.stdout + journal.stderr
+    hosts = lab_cli("lab", "exec", node, "--", "cat", "/etc/hosts").stdout
+    assert any(
+        line.split()[:1] == ["127.0.77.1"] and "k8s.gcr.io" in line.split() for line in hosts.splitlines()
+    ), hosts
+    pulled = lab_cli("lab", "exec", node, "--", "docker", "pull", "k8s.gcr.io/pause:3.6")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+
+
 def test_down_moves_the_pods_of_a_stopped_node_within_60_s_and_other_work_goes_on():
     set_container("worker-2", "stop")
     try:
@@ -249,6 +263,7 @@ def test_down_moves_the_pods_of_a_stopped_node_within_60_s_and_other_work_goes_o
     finally:
         set_container("worker-2", "start")
     wait_for(lambda: ready("worker-2"), 180, "worker-2 Ready after its restart")
+    upstream_names_survive_the_restart("worker-2")
     result, _ = node_cli("restore", "worker-2")
     assert result.returncode == 0, result.stdout[-3000:]
     assert not tainted("worker-2") and not node_object("worker-2")["spec"].get("unschedulable")
