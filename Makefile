@@ -1,12 +1,12 @@
 # The two commands of README.md:
 #   make lab    sets up this machine and brings up the lab appliance (the main job), Run:ai included
 #               (from a synthetic tarball: the real one is proprietary)
-#   make test   runs every test tier: lint, unit, lab, Molecule
+#   make test   runs every test tier: lint, the collection's build and sanity, unit, lab, Molecule
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup lab test lint unit lab-test molecule bench lab-down
+.PHONY: setup lab test lint collection unit lab-test molecule bench lab-down
 
 setup:
 	scripts/setup-host.sh
@@ -19,7 +19,7 @@ lab: setup
 lab-down: setup
 	appliance lab down
 
-test: setup lint unit lab-test molecule
+test: setup lint collection unit lab-test molecule
 
 lint:
 	ruff check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
@@ -27,6 +27,11 @@ lint:
 	ansible-lint
 	$(HOME)/.cache/appliance/bin/promtool check rules monitoring/prometheus/gpu-health-rules.yml
 	cd monitoring/prometheus && $(HOME)/.cache/appliance/bin/promtool test rules gpu-health-rules.test.yml
+
+# The Ansible collection appliance.runai (galaxy.yml): built with ansible-galaxy into build/, and
+# `ansible-test sanity` on it (validate-modules included).
+collection:
+	scripts/collection-sanity.sh
 
 unit:
 	pytest -q tests/unit

@@ -35,14 +35,14 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(
+        _spec, args = self.validate_argument_spec(
             argument_spec={
                 "max_seconds": {"type": "float", "default": 2.0},
                 "samples": {"type": "int", "default": 3},
             }
         )
         samples = []
-        for _ in range(max(1, args["samples"])):
+        for _sample in range(max(1, args["samples"])):
             before = time.time()
             answer = self._low_level_execute_command(READ_CLOCK, sudoable=False)
             after = time.time()

@@ -31,7 +31,7 @@ def dpkg_installed(lines: list[str]) -> dict[str, dict[str, object]]:
     installed = {}
     for line in lines:
         # The status is three letters, the last a space when there is no error: "ii  kubelet 1.23.5-00".
-        status, _, rest = line.partition(" ")
+        status, _sep, rest = line.partition(" ")
         fields = rest.split()
         if len(status) >= 2 and status[1] == "i" and fields:
             installed[fields[0]] = {"version": fields[1] if len(fields) > 1 else "", "held": status[0] == "h"}

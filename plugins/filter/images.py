@@ -24,7 +24,7 @@ options:
 
 
 def registry_of(name: str) -> str:
-    first, slash, _ = name.partition("/")
+    first, slash, _rest = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost"):
         return "docker.io" if first == "index.docker.io" else first
     return "docker.io"

@@ -16,7 +16,7 @@ import socket
 import time
 
 try:
-    from ansible.module_utils.appliance_nodes import (
+    from ansible_collections.appliance.runai.plugins.module_utils.appliance_nodes import (
         BEFORE_DRAIN_ANNOTATION,
         DRAIN_TAINT,
         controller_of,

@@ -42,16 +42,18 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports what it would change and changes nothing.
     details: apt-get simulates (C(--simulate)) and reports whether it would change anything.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Install the base packages
-  apt_get:
+  appliance.runai.apt_get:
     name: [curl, conntrack]
   when: missing | length > 0
 """
@@ -108,7 +110,7 @@ def missing(wanted: list[str], dpkg_lines: list[str]) -> list[str]:
             installed[fields[1].split(":")[0]] = fields[2]
     result = []
     for package in wanted:
-        name, _, version = package.partition("=")
+        name, _sep, version = package.partition("=")
         if name not in installed or (version and installed[name] != version):
             result.append(package)
     return result

@@ -28,15 +28,17 @@ options:
 attributes:
   check_mode:
     support: full
+    description: It only reads, so it runs in check mode as in any other run.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Compare this node's copy with the manifest
-  bundle_verify:
+  appliance.runai.bundle_verify:
     path: /var/lib/appliance/bundle
     files:
       manifest.json: 5f2b...

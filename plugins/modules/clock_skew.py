@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-action: clock_skew
+module: clock_skew
 short_description: How far a node's clock is from the controller's
 description:
   - Reads the node's clock (C(date +%s.%N)) over the task's connection a few times, the controller's clock
@@ -21,11 +21,13 @@ options:
     description: How many times the clock is read.
     type: int
     default: 3
+author:
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Measure the node's clock against the controller's
-  clock_skew:
+  appliance.runai.clock_skew:
     max_seconds: 2
   register: preflight_clock
 """
@@ -44,22 +46,3 @@ within:
   type: bool
   returned: success
 """
-
-
-def main() -> None:
-    # Reached only when ansible finds this file but not plugins/action/clock_skew.py: fail with that.
-    import json
-
-    print(
-        json.dumps(
-            {
-                "failed": True,
-                "msg": "clock_skew is an action plugin (plugins/action/clock_skew.py), which ansible did not "
-                "find: add plugins/action to action_plugins (ANSIBLE_ACTION_PLUGINS)",
-            }
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

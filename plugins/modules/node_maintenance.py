@@ -47,29 +47,29 @@ options:
         recreates; mark down a node whose kubelet still answers.
     type: bool
     default: false
-  kubeconfig:
-    description: The kubeconfig kubectl uses.
-    type: path
-    default: /etc/kubernetes/admin.conf
 attributes:
   check_mode:
     support: full
+    description: Reports what it would change and changes nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
+extends_documentation_fragment:
+  - appliance.runai.kubeconfig
 """
 
 EXAMPLES = r"""
 - name: Drain worker-1 for maintenance, evicting its pods within their disruption budgets
-  node_maintenance:
+  appliance.runai.node_maintenance:
     node: worker-1
     state: drained
     evict: true
     timeout: 600
 
 - name: Return worker-1 to service
-  node_maintenance:
+  appliance.runai.node_maintenance:
     node: worker-1
     state: restored
 """
@@ -87,9 +87,13 @@ report:
   elements: str
 """
 
-from ansible.module_utils.appliance_maintenance import Maintenance, Refusal, Unfinished
-from ansible.module_utils.appliance_nodes import Kubectl, KubectlError
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.appliance.runai.plugins.module_utils.appliance_maintenance import (
+    Maintenance,
+    Refusal,
+    Unfinished,
+)
+from ansible_collections.appliance.runai.plugins.module_utils.appliance_nodes import Kubectl, KubectlError
 
 ARGUMENT_SPEC = {
     "node": {"type": "str", "required": True},

@@ -28,31 +28,34 @@ options:
     default: []
     suboptions:
       key:
+        description: The taint's key.
         type: str
         required: true
       value:
+        description: The taint's value.
         type: str
         default: ""
       effect:
+        description: The taint's effect.
         type: str
         required: true
         choices: [NoSchedule, PreferNoSchedule, NoExecute]
-  kubeconfig:
-    description: The kubeconfig kubectl uses.
-    type: path
-    default: /etc/kubernetes/admin.conf
 attributes:
   check_mode:
     support: full
+    description: Reports what it would change and changes nothing.
   diff_mode:
     support: full
+    description: Returns a diff of what changed.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
+extends_documentation_fragment:
+  - appliance.runai.kubeconfig
 """
 
 EXAMPLES = r"""
 - name: Make gpu-1 a Run:ai GPU worker with a taint of its own
-  node_metadata:
+  appliance.runai.node_metadata:
     node: gpu-1
     labels:
       node-role.kubernetes.io/runai-gpu-worker: "true"
@@ -135,13 +138,13 @@ def apply_labels(current: dict[str, str], changes: list[str]) -> dict[str, str]:
         if change.endswith("-"):
             after.pop(change[:-1], None)
         else:
-            key, _, value = change.partition("=")
+            key, _sep, value = change.partition("=")
             after[key] = value
     return after
 
 
 def apply_taints(current: list[dict], wanted: list[dict]) -> list[dict]:
-    after = [t for t in current]
+    after = list(current)
     for taint in wanted:
         value = taint.get("value") or ""
         after = [

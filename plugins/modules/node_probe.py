@@ -33,15 +33,17 @@ options:
 attributes:
   check_mode:
     support: full
+    description: It only reads, so it runs in check mode as in any other run.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Read the node
-  node_probe:
+  appliance.runai.node_probe:
     disk_path: /var
     units: [docker.service, crio.service]
     listening: true
@@ -196,7 +198,7 @@ def main() -> None:
 
     units: dict[str, str] = {}
     if params["units"]:
-        _, out, _ = module.run_command(["systemctl", "is-active", *params["units"]])
+        _rc, out, _err = module.run_command(["systemctl", "is-active", *params["units"]])
         states = out.splitlines()
         units = {
             unit: states[index] if index < len(states) else "" for index, unit in enumerate(params["units"])

@@ -31,15 +31,17 @@ options:
 attributes:
   check_mode:
     support: full
+    description: It only reads, so it runs in check mode as in any other run.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Read the node
-  node_read:
+  appliance.runai.node_read:
     files: [/proc/swaps]
     paths: [/sys/module/br_netfilter]
     commands:

@@ -9,23 +9,22 @@ short_description: Read every Kubernetes node's readiness, roles, taints, cordon
 description:
   - Reads the nodes and pods with C(kubectl) on the host, a control-plane node, and changes nothing.
   - A node is C(drained) when it carries Run:ai's maintenance taint C(runai=drain:NoExecute).
-options:
-  kubeconfig:
-    description: The kubeconfig kubectl uses.
-    type: path
-    default: /etc/kubernetes/admin.conf
 attributes:
   check_mode:
     support: full
+    description: It only reads, so it runs in check mode as in any other run.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
+extends_documentation_fragment:
+  - appliance.runai.kubeconfig
 """
 
 EXAMPLES = r"""
 - name: Read every node
-  node_status:
+  appliance.runai.node_status:
   register: nodes
 """
 
@@ -43,7 +42,9 @@ nodes:
     cordoned: {description: Whether the node is unschedulable., type: bool}
     drained: {description: Whether it carries runai=drain:NoExecute., type: bool}
     pods: {description: Pods bound to the node and not finished., type: int}
-    workload_pods: {description: Of those, the ones a drain moves (not DaemonSet or static pods)., type: int}
+    workload_pods:
+      description: Of those, the ones a drain moves (not DaemonSet or static pods).
+      type: int
     version: {description: The kubelet's version., type: str}
 table:
   description: The same as text lines, for the operator.
@@ -52,7 +53,8 @@ table:
   elements: str
 """
 
-from ansible.module_utils.appliance_nodes import (
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.appliance.runai.plugins.module_utils.appliance_nodes import (
     DRAIN_TAINT,
     Kubectl,
     KubectlError,
@@ -62,7 +64,6 @@ from ansible.module_utils.appliance_nodes import (
     roles,
     workload_pods,
 )
-from ansible.module_utils.basic import AnsibleModule
 
 
 def taint_text(taint: dict) -> str:

@@ -43,15 +43,17 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports what it would change and changes nothing.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Push pause and coredns into the bundle's registry
-  registry_image:
+  appliance.runai.registry_image:
     images:
       - archive: /var/lib/appliance/bundle/images/k8s.gcr.io_pause_3.6.tar
         image: k8s.gcr.io/pause:3.6
@@ -82,9 +84,9 @@ import json
 import tarfile
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 MANIFEST_TYPES = ", ".join(
     (
@@ -135,11 +137,9 @@ def archive_image_id(archive: str, image: str) -> str:
 
 def registry_image_id(registry: str, path: str, tag: str) -> str | None:
     """The config digest the registry serves for PATH:TAG, or None when it has no such tag."""
-    request = urllib.request.Request(
-        f"http://{registry}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}
-    )
+    url = f"http://{registry}/v2/{path}/manifests/{tag}"
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with open_url(url, headers={"Accept": MANIFEST_TYPES}, timeout=30) as response:
             manifest = json.load(response)
     except urllib.error.HTTPError as error:
         if error.code == 404:
@@ -153,7 +153,7 @@ def wait_for_registry(registry: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"http://{registry}/v2/", timeout=5) as response:
+            with open_url(f"http://{registry}/v2/", timeout=5) as response:
                 if response.status == 200:
                     return None
                 error = f"HTTP {response.status}"

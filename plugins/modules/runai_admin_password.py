@@ -35,7 +35,6 @@ options:
     description: The password the admin account must have (from Ansible Vault).
     type: str
     required: true
-    no_log: true
   default_password:
     description: The password a fresh control plane gives the admin account (well known, so not hidden).
     type: str
@@ -55,16 +54,18 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports what it would change and changes nothing.
     details: In check mode it only logs in, and reports a change when the default password still works.
   diff_mode:
     support: none
+    description: Returns no diff.
 author:
-  - appliance maintainers
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Replace the admin account's default password
-  runai_admin_password:
+  appliance.runai.runai_admin_password:
     url: https://runai.example.com
     address: 10.0.0.100
     ca_file: /etc/kubernetes/appliance/runai-ca.crt
@@ -147,7 +148,7 @@ class ControlPlane:
         if len(users) != 1:
             raise RuntimeError(f"the identity provider has {len(users)} users named {username}")
         payload = json.dumps({"type": "password", "value": password, "temporary": False}).encode()
-        status, _ = self.request(
+        status, _body = self.request(
             "PUT",
             f"/auth/admin/realms/{self.realm}/users/{users[0]['id']}/reset-password",
             payload,

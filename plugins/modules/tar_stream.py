@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-action: tar_stream
+module: tar_stream
 short_description: Copy files from the controller into a node's directory as one tar stream
 description:
   - Packs O(files) of O(src) on the controller with tar and unpacks them into O(dest) on the node, as root
@@ -32,11 +32,13 @@ options:
     description: Directory on the node to unpack into (absolute).
     type: path
     required: true
+author:
+  - Appliance toolkit maintainers (@appliance-maintainers)
 """
 
 EXAMPLES = r"""
 - name: Copy the files that are missing or differ
-  tar_stream:
+  appliance.runai.tar_stream:
     src: /srv/bundle
     files: [manifest.json, debs/kubeadm_1.23.5-00_amd64.deb]
     dest: /var/lib/appliance/bundle
@@ -53,23 +55,3 @@ files:
   type: int
   returned: success
 """
-
-
-def main() -> None:
-    # Reached only when ansible finds this file but not plugins/action/tar_stream.py (its action_plugins
-    # setting leaves out plugins/action): fail with that, rather than with output ansible cannot read.
-    import json
-
-    print(
-        json.dumps(
-            {
-                "failed": True,
-                "msg": "tar_stream is an action plugin (plugins/action/tar_stream.py), which ansible did not "
-                "find: add plugins/action to action_plugins (ANSIBLE_ACTION_PLUGINS)",
-            }
-        )
-    )
-
-
-if __name__ == "__main__":
-    main()

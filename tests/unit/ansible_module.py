@@ -13,10 +13,20 @@ ANSIBLE = Path(sys.executable).parent / "ansible"
 
 
 def run_module(name: str, args: dict, *extra: str) -> dict:
-    """The result of `ansible localhost -m NAME -a ARGS EXTRA...` (e.g. --check), as a dict."""
+    """`ansible localhost -m appliance.runai.NAME -a ARGS EXTRA...` (e.g. --check): its result, a dict."""
     env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
     result = subprocess.run(
-        [str(ANSIBLE), "localhost", "-c", "local", "-m", name, "-a", json.dumps(args), *extra],
+        [
+            str(ANSIBLE),
+            "localhost",
+            "-c",
+            "local",
+            "-m",
+            f"appliance.runai.{name}",
+            "-a",
+            json.dumps(args),
+            *extra,
+        ],
         cwd=PROJECT,
         env=env,
         capture_output=True,

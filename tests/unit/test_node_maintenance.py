@@ -22,10 +22,11 @@ def _load(name: str, path):
     return module
 
 
-# Ansible ships plugins/module_utils/*.py to the node as ansible.module_utils.*; here the same name.
-nodes = _load("ansible.module_utils.appliance_nodes", PROJECT / "plugins/module_utils/appliance_nodes.py")
+# Ansible ships plugins/module_utils/*.py to the node under the collection's package path; here the same name.
+UTILS = "ansible_collections.appliance.runai.plugins.module_utils"
+nodes = _load(f"{UTILS}.appliance_nodes", PROJECT / "plugins/module_utils/appliance_nodes.py")
 maintenance = _load(
-    "ansible.module_utils.appliance_maintenance", PROJECT / "plugins/module_utils/appliance_maintenance.py"
+    f"{UTILS}.appliance_maintenance", PROJECT / "plugins/module_utils/appliance_maintenance.py"
 )
 module = _load("node_maintenance", PROJECT / "plugins/modules/node_maintenance.py")
 status = _load("node_status", PROJECT / "plugins/modules/node_status.py")

@@ -763,7 +763,8 @@ def _admin_password(port: int, ca_file: Path, password: str, *extra: str) -> tup
     }
     env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
     ansible = Path(sys.executable).parent / "ansible"
-    command = [str(ansible), "localhost", "-c", "local", "-m", "runai_admin_password", "-a", json.dumps(args)]
+    module = "appliance.runai.runai_admin_password"
+    command = [str(ansible), "localhost", "-c", "local", "-m", module, "-a", json.dumps(args)]
     result = subprocess.run(
         [*command, *extra],
         cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, check=False,

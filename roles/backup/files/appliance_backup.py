@@ -513,7 +513,7 @@ def archives(directory: Path) -> list[dict]:
             continue
         entry = {"name": path.name, "path": str(path), "bytes": path.stat().st_size}
         try:
-            header, _ = read_header(path)
+            header, _offset = read_header(path)
             entry.update(cluster=header["cluster"], created=header["created"])
         except BackupError as error:
             entry.update(cluster=match["cluster"], created=match["time"], error=str(error))

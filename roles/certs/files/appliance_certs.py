@@ -123,7 +123,7 @@ def parse_pem(pem: bytes, source: str, at: dt.datetime) -> dict[str, object]:
         raise CertsError(f"{source}: not a certificate openssl can read: {result.stderr.decode().strip()}")
     fields = {}
     for line in result.stdout.decode().splitlines():
-        key, _, value = line.partition("=")
+        key, _sep, value = line.partition("=")
         fields[key.strip()] = value.strip()
     try:
         expiry = dt.datetime.strptime(fields["notAfter"], "%b %d %H:%M:%S %Y GMT").replace(tzinfo=dt.UTC)
@@ -393,7 +393,7 @@ def recorded(state_dir: Path = STATE_DIR) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliance-certs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="appliance-certs", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--config", type=Path, default=CONFIG_FILE)
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="every certificate of this node (JSON)")

@@ -188,7 +188,26 @@ def collection_artifacts(project: Path, out: Path, epoch: int) -> list[Path]:
             )
         done[name] = build_artifact(source, out, epoch)
         wanted.extend(sorted(info.get("dependencies") or {}))
+    done["appliance.runai"] = own_collection(project, out, epoch)
     return [done[name] for name in sorted(done)]
+
+
+def own_collection(project: Path, out: Path, epoch: int) -> Path:
+    """The project's own collection (galaxy.yml), built by ansible-galaxy, then packed again like the
+    others so that two builds give the same bytes (ansible-galaxy stamps each file with the time)."""
+    galaxy = Path(sys.executable).with_name("ansible-galaxy")
+    command = [str(galaxy) if galaxy.exists() else "ansible-galaxy", "collection", "build", str(project)]
+    with tempfile.TemporaryDirectory(prefix="appliance-collection-") as scratch:
+        built = subprocess.run(
+            [*command, "--output-path", scratch, "--force"], capture_output=True, text=True, check=False
+        )
+        if built.returncode != 0:
+            raise ApplianceError(f"ansible-galaxy collection build failed: {built.stderr.strip()[-2000:]}")
+        (artifact,) = Path(scratch).glob("*.tar.gz")
+        unpacked = Path(scratch) / "unpacked"
+        with tarfile.open(artifact) as tar:
+            tar.extractall(unpacked, filter="data")
+        return build_artifact(unpacked, out, epoch)
 
 
 def installed_collection(name: str) -> Path:
