@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
+# The collection appliance.runai's Python (modules, filters, module_utils) imports its module_utils by the
+# collection's package path, as Ansible loads it: collections/ansible_collections/appliance/runai links to
+# this checkout, so those imports resolve in the tests too.
+sys.path.insert(0, str(PROJECT / "collections"))
 BIN = Path(sys.executable).parent
 
 

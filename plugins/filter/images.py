@@ -2,7 +2,7 @@
 role bundle_client's mirrors (containerd's hosts.toml, docker's registry names on each node).
 
 An image's registry is the first component of its name when that has a dot or a port, or is localhost
-(docker's rule): k8s.gcr.io/pause:3.6 -> k8s.gcr.io, rancher/x:1 -> docker.io.
+(docker's rule, module_utils appliance_images): k8s.gcr.io/pause:3.6 -> k8s.gcr.io, rancher/x:1 -> docker.io.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ options:
     required: true
 """
 
+from ansible_collections.appliance.runai.plugins.module_utils.appliance_images import split_registry
+
 
 def registry_of(name: str) -> str:
-    first, slash, _rest = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return "docker.io" if first == "index.docker.io" else first
-    return "docker.io"
+    return split_registry(name)[0]
 
 
 def bundle_registries(manifest: dict) -> list[str]:

@@ -87,6 +87,10 @@ import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+from ansible_collections.appliance.runai.plugins.module_utils.appliance_images import (
+    split_registry,
+    split_tag,
+)
 
 MANIFEST_TYPES = ", ".join(
     (
@@ -97,19 +101,12 @@ MANIFEST_TYPES = ", ".join(
 
 
 def split_image(image: str) -> tuple[str, str]:
-    """k8s.gcr.io/coredns/coredns:v1.8.6 -> ("coredns/coredns", "v1.8.6"); the registry host is the
-    first component when it has a dot or a port, or is localhost (docker's rule)."""
-    name, sep, tag = image.rpartition(":")
-    if not sep or "/" in tag or not name:
+    """k8s.gcr.io/coredns/coredns:v1.8.6 -> ("coredns/coredns", "v1.8.6"): the path under the registry
+    (module_utils appliance_images: docker's rule for the registry part) and the tag."""
+    name, tag = split_tag(image)
+    if not tag:
         raise ValueError(f"image {image!r} has no tag (expected NAME:TAG, for example k8s.gcr.io/pause:3.6)")
-    first, slash, rest = name.partition("/")
-    if not slash:
-        return f"library/{name}", tag
-    if "." in first or ":" in first or first == "localhost":
-        if first in ("docker.io", "index.docker.io") and "/" not in rest:
-            return f"library/{rest}", tag
-        return rest, tag
-    return name, tag
+    return split_registry(name)[1], tag
 
 
 def familiar(image: str) -> str:

@@ -16,6 +16,8 @@ clear ~/.cache/appliance/bundle/site-images; copies from a local source are made
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance import paths
 from appliance.bundle import images, upstream
 from appliance.errors import ApplianceError, UsageError
 
@@ -51,6 +54,19 @@ class SiteImage:
         return self.source.startswith(LOCAL_TRANSPORTS)
 
 
+@functools.cache
+def images_rule():
+    """plugins/module_utils/appliance_images.py, docker's rule for an image name's registry, which the
+    collection's module and filter use too: loaded by its path (it is not part of this package)."""
+    path = paths.project_root() / "plugins" / "module_utils" / "appliance_images.py"
+    spec = importlib.util.spec_from_file_location("appliance_images", path)
+    if spec is None or spec.loader is None:
+        raise ApplianceError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def normalize(reference: str) -> str:
     """REF in full, as docker reads it: `busybox` -> docker.io/library/busybox:latest."""
     name = reference.strip()
@@ -59,16 +75,8 @@ def normalize(reference: str) -> str:
             f"image {reference!r}: name it by a tag; the private registry and docker archives keep tags, "
             "not digests"
         )
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        registry, path = first, rest
-    else:
-        registry, path = "docker.io", name
-    if registry == "docker.io" and "/" not in path:
-        path = f"library/{path}"
-    tag = ""
-    if ":" in path.rsplit("/", 1)[-1]:
-        path, tag = path.rsplit(":", 1)
+    name, tag = images_rule().split_tag(name)
+    registry, path = images_rule().split_registry(name)
     if not _NAME.match(path) or not re.match(r"^[A-Za-z0-9.-]+(?::[0-9]+)?$", registry):
         raise UsageError(f"image {reference!r}: not an image name (registry/path:tag)")
     if tag and not _TAG.match(tag):
