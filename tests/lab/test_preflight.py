@@ -188,7 +188,9 @@ class NfsStandIn:
 @pytest.fixture(scope="module")
 def passing(lab, pki, workdir) -> dict[str, tuple[subprocess.CompletedProcess[str], dict, Path]]:
     """The lab as it is; and Run:ai inputs that are right, in --check: localhost resolves to 127.0.0.1
-    everywhere, the certificate is for localhost from the CA, and the NFS stand-in answers."""
+    everywhere, the certificate is for localhost from the CA, and the NFS stand-in answers. That run keeps
+    its controller-side state under appliance_state_dir (issue 23: an AWX job's persistent storage), so its
+    report is <appliance_state_dir>/preflight/<inventory directory>.txt."""
     good = {
         "runai_domain": "localhost",
         "runai_external_ip": "127.0.0.1",
@@ -196,7 +198,7 @@ def passing(lab, pki, workdir) -> dict[str, tuple[subprocess.CompletedProcess[st
         "runai_tls_key_file": str(pki["good_key"]),
         "runai_ca_cert_file": str(pki["ca"]),
         "runai_nfs_server": GATEWAY,
-        "preflight_report_file": str(workdir / "good.txt"),
+        "appliance_state_dir": str(workdir / "state"),
     }
     (workdir / "good.yml").write_text(yaml.safe_dump(good))
     with NfsStandIn():
@@ -204,7 +206,8 @@ def passing(lab, pki, workdir) -> dict[str, tuple[subprocess.CompletedProcess[st
             ["-e", f"preflight_report_file={workdir / 'as-is.txt'}"],
             ["--check", "-e", f"@{workdir / 'good.yml'}"],
         )
-    return {"as_is": (*as_is, workdir / "as-is.txt"), "good": (*good_inputs, workdir / "good.txt")}
+    good_report = workdir / "state" / "preflight" / f"{LAB_ENV['APPLIANCE_LAB_NAME']}.txt"
+    return {"as_is": (*as_is, workdir / "as-is.txt"), "good": (*good_inputs, good_report)}
 
 
 @pytest.fixture(scope="module")
