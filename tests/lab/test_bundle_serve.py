@@ -204,7 +204,7 @@ def test_tar_stream_pipes_the_files_through_the_ssh_connection_owned_by_root(ser
             "cp-1",
             "--become",
             "-m",
-            "tar_stream",
+            "appliance.runai.tar_stream",
             "-a",
             json.dumps(args),
         ],

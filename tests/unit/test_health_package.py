@@ -1,4 +1,5 @@
-"""Package appliance.health as role gpu_health ships it: digest and members (appliance.health_package)."""
+"""Package appliance.health as role gpu_health ships it: digest and members (lookup plugin
+appliance.runai.health_package)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance import health_package
+from ansible_collections.appliance.runai.plugins.lookup import health_package
+
+from tests.conftest import PROJECT
 
 
 def make_package(root: Path) -> Path:
@@ -69,15 +72,26 @@ def test_the_members_are_the_package_and_the_shared_modules_staged_under_their_d
     assert health_package.describe(package, utils, tmp_path / "stage")["digest"] != digest
 
 
-def test_the_command_prints_the_real_package():
+def test_the_lookup_gives_the_collections_own_package_through_ansible(tmp_path):
+    """In a play, as role gpu_health calls it: the package and the shared modules of the collection."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    node:\n      ansible_connection: local\n")
+    ansible = Path(sys.executable).parent / "ansible"
     result = subprocess.run(
-        [sys.executable, "-m", "appliance.health_package"],
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    described = json.loads(result.stdout)
+        [str(ansible), "node", "-i", str(inventory), "-m", "ansible.builtin.debug", "-a",
+         "msg={{ lookup('appliance.runai.health_package') | to_json }}"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"),
+             "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    described = json.loads(json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["node"]["msg"])
     assert "appliance/health/agent.py" in described["members"]
     assert "appliance/health/catalog.yml" in described["members"]
-    assert all((Path(described["root"]) / member).is_file() for member in described["members"])
+    assert "appliance_maintenance.py" in described["members"]
+    root = Path(described["root"])
+    assert root.is_relative_to(tmp_path / ".cache/appliance/health-package")
+    assert all((root / member).is_file() for member in described["members"])
+    assert (root / "appliance/health/agent.py").read_bytes() == (
+        PROJECT / "src/appliance/health/agent.py"
+    ).read_bytes()

@@ -26,7 +26,9 @@ ADMIN_CONF = Path("/etc/kubernetes/admin.conf")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="appliance-gpu-health", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="appliance-gpu-health", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     agent = commands.add_parser("agent", help="follow the kernel log and nvidia-smi; report on this node")
     agent.add_argument("--config", type=Path)

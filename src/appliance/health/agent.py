@@ -145,7 +145,7 @@ def follow_kmsg(stop: threading.Event, device: str = "/dev/kmsg") -> Iterator[st
                 if error.errno == errno.EPIPE:  # records overwritten before we read them: go on
                     continue
                 raise
-            _, _, message = record.decode(errors="replace").partition(";")
+            _fields, _sep, message = record.decode(errors="replace").partition(";")
             yield message.split("\n", 1)[0]
     finally:
         os.close(fd)
@@ -289,7 +289,7 @@ def _finding_line(node: str, finding: Finding) -> str:
 
 
 def serve_metrics(address: str, render: Callable[[], str]) -> ThreadingHTTPServer:
-    host, _, port = address.rpartition(":")
+    host, _sep, port = address.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -144,7 +144,7 @@ def plan(nodes: list[dict[str, Any]], config: ControllerConfig, now: float) -> P
         elif taint.get("value") != fault.action or taint.get("effect") != config.effect:
             retaint.append((name, fault))
     isolate, deferred = [], []
-    for _, name, fault in sorted(candidates):
+    for _order, name, fault in sorted(candidates):
         if name in counted or len(counted) < budget:
             counted.add(name)
             isolate.append((name, fault))
@@ -173,7 +173,8 @@ class Controller:
                 drain_timeout=config.drain_timeout_seconds,
                 operator_namespace=config.gpu_operator_namespace,
             ),
-            event=lambda node, reason, message, warning: self.event(node, reason, message, warning),
+            # Late-bound: the method in effect when the step runs.
+            event=lambda node, reason, message, warning: self.event(node, reason, message, warning),  # pylint: disable=unnecessary-lambda
         )
 
     def selector_query(self) -> str:
@@ -268,7 +269,7 @@ class Controller:
                 "window_seconds": self.config.window_seconds,
                 "budget": result.budget,
                 "counted": list(result.counted),
-                "deferred": [name for name, _ in result.deferred],
+                "deferred": [name for name, _why in result.deferred],
                 "gpu_nodes": sorted(self.nodes),
                 "remediation": self.config.remediation,
                 "remediating": self.remediator.last,
@@ -344,7 +345,7 @@ class Controller:
             "# TYPE appliance_gpu_controller_remediation gauge",
         ]
         for name, step in sorted(self.remediator.last.items()):
-            step, _, reason = step.partition(" (")
+            step, _sep, reason = step.partition(" (")
             labels = f'node="{name}",step="{step}",reason="{reason.rstrip(")")}"'
             lines.append(f"appliance_gpu_controller_remediation{{{labels}}} 1")
         if result:

@@ -58,7 +58,7 @@ def readmit(client: Client, name: str, qa: str) -> dict[str, Any]:
     The condition goes first: the controller re-taints a node whose condition is still False, and leaves
     alone the taint of a node whose condition is True. Other taints and the cordon (spec.unschedulable) stay
     as they are: a cordon an admin set before is the admin's to lift."""
-    for _ in range(5):
+    for _attempt in range(5):
         item = nodeapi.get_node(client, name)
         fault = nodeapi.fault_of(item)
         taint = nodeapi.fault_taint(item)

@@ -146,7 +146,7 @@ class Remediator:
         self.event(node, transition.reason, transition.message, warning)
 
     def _maintenance(self, name: str) -> Any:
-        from appliance_maintenance import Maintenance  # shipped beside the package (appliance.health_package)
+        from appliance_maintenance import Maintenance  # shipped beside the package (lookup health_package)
         from appliance_nodes import Kubectl
 
         kubectl = Kubectl(KubectlOnNode(), str(self.settings.kubeconfig))
@@ -200,7 +200,7 @@ class Remediator:
         record = t.record
         current = view(node).record
         if current is None or current.step != "draining":
-            history = [s for s in json.loads((node["metadata"].get("annotations") or {}).get(HISTORY, "[]"))]
+            history = list(json.loads((node["metadata"].get("annotations") or {}).get(HISTORY, "[]")))
             window = self.settings.config.window_seconds
             history = [s for s in history if (nodeapi.parse_time(s) or 0) > time.time() - window]
             record = Record(**{**record.__dict__, "drained": True})
@@ -274,7 +274,7 @@ class Remediator:
         state before the drain back), the operands, the instruction and the record."""
         name = nodeapi.name_of(node)
         if not keep_fault_taint:
-            for _ in range(5):
+            for _attempt in range(5):
                 item = nodeapi.get_node(self.client, name)
                 taints = [t for t in item["spec"].get("taints") or [] if t.get("key") != nodeapi.TAINT_KEY]
                 try:

@@ -209,8 +209,8 @@ def usage_of(gpus: Iterable[Gpu]) -> Usage:
     return Usage(
         gpus=len(gpus),
         utilization=sum(utilizations) / len(utilizations) if utilizations else None,
-        memory_used=sum(used for used, _ in memories) if memories else None,
-        memory_total=sum(total for _, total in memories) if memories else None,
+        memory_used=sum(used for used, _total in memories) if memories else None,
+        memory_total=sum(total for _used, total in memories) if memories else None,
     )
 
 
