@@ -588,6 +588,59 @@ def test_a_controller_installed_from_the_bundle_alone_runs_check_on_the_lab_with
     assert set(summary["hosts"]) == set(NODES)
 
 
+def test_a_playbook_outside_the_repository_runs_the_installed_collection_with_no_change(converged, tmp_path):
+    """Issue 23's collection: `ansible-galaxy collection build` of this checkout, installed into an empty
+    collections path; a playbook in a directory of its own (no ansible.cfg, no roles/ or plugins/ beside
+    it) imports appliance.runai.site, and plain ansible-playbook runs it in --check on the converged lab
+    with no change. The collections it depends on are those installed beside ansible-core."""
+    bin_dir = Path(sys.executable).parent
+    galaxy = str(bin_dir / "ansible-galaxy")
+    built = subprocess.run(
+        [galaxy, "collection", "build", str(PROJECT), "--output-path", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (artifact,) = tmp_path.glob("appliance-runai-*.tar.gz")
+    collections = tmp_path / "collections"
+    installed = subprocess.run(
+        [galaxy, "collection", "install", str(artifact), "--no-deps",
+         "--collections-path", str(collections)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "appliance.yml").write_text(
+        "- name: The appliance, from the collection\n"
+        "  ansible.builtin.import_playbook: appliance.runai.site\n"
+    )
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections),
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_FORKS": "10",
+    }
+    inventory = PROJECT / "inventories" / "labsite" / "hosts.yml"
+    checked = subprocess.run(
+        [str(bin_dir / "ansible-playbook"), "-i", str(inventory), "appliance.yml", "-e", f"@{RUNAI_VARS}",
+         "--check"],
+        cwd=site, env=env, capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-3000:]
+    stats = json.loads(checked.stdout)["stats"]
+    assert set(stats) == set(NODES), stats
+    assert {host: result["changed"] for host, result in stats.items()} == dict.fromkeys(NODES, 0), stats
+    # The roles ran from the installed copy, not from this checkout.
+    plays = json.loads(checked.stdout)["plays"]
+    assert any(
+        "ansible_collections/appliance/runai/roles/" in (task["task"].get("path") or "")
+        for play in plays
+        for task in play["tasks"]
+    )
+
+
 def release_values(name: str, namespace: str) -> dict:
     return json.loads(
         on("cp-1", f"helm --kubeconfig /etc/kubernetes/admin.conf get values {name} -n {namespace} -o json")

@@ -1,0 +1,326 @@
+"""plugins/filter/preflight.py: every rule of role preflight that it holds, one case per outcome. The lab
+tier runs the role on real nodes (tests/lab/test_preflight.py); here each rule gets the inputs a node or
+community.crypto would give it."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.appliance.runai.plugins.filter import preflight
+
+
+def by_check(findings: list[dict]) -> dict[str, dict]:
+    return {f["check"]: f for f in findings}
+
+
+# Inputs ---------------------------------------------------------------------------------------------
+
+
+def test_a_requirements_table_of_known_measures_and_numbers_is_accepted():
+    assert (
+        preflight.bad_requirements({"control_plane": {"cpus": 2, "memory_mb": 1700.5}, "workers": {}}) == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"workers": [2]}, "workers is not a mapping"),
+        ({"workers": {"gpus": 1}}, "workers.gpus is not a known measure"),
+        ({"workers": {"cpus": -1}}, "workers.cpus=-1 is not a number of 0 or more"),
+        ({"workers": {"cpus": "2"}}, "workers.cpus=2 is not a number of 0 or more"),
+        ({"workers": {"cpus": True}}, "workers.cpus=True is not a number of 0 or more"),
+    ],
+)
+def test_each_bad_entry_of_the_requirements_table_is_named(table, message):
+    assert preflight.bad_requirements(table) == [message]
+
+
+def test_a_ports_table_of_lists_of_tcp_ports_is_accepted():
+    assert preflight.bad_ports({"control_plane": [6443, 2379], "workers": [10250], "none": []}) == []
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"workers": 10250}, "workers is not a list"),
+        ({"workers": "10250"}, "workers is not a list"),
+        ({"workers": [0]}, "workers: 0 is not a TCP port"),
+        ({"workers": [65536]}, "workers: 65536 is not a TCP port"),
+        ({"workers": ["80"]}, "workers: 80 is not a TCP port"),
+        ({"workers": [True]}, "workers: True is not a TCP port"),
+    ],
+)
+def test_each_bad_entry_of_the_ports_table_is_named(table, message):
+    assert preflight.bad_ports(table) == [message]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.100", True),
+        ("fd00::1", True),
+        ("256.1.1.1", False),
+        ("runai.example.com", False),
+        ("", False),
+    ],
+)
+def test_the_external_address_must_be_an_ip_address(text, expected):
+    assert preflight.is_ip(text) is expected
+
+
+# The machine ----------------------------------------------------------------------------------------
+
+REQUIREMENTS = {
+    "control_plane": {"cpus": 2, "memory_mb": 1700},
+    "runai_system": {"cpus": 8, "memory_mb": 1700},
+    "workers": {"cpus": 4},
+}
+
+
+def test_the_largest_requirement_of_the_nodes_groups_applies_naming_the_groups_that_ask_it():
+    need = preflight.required(REQUIREMENTS, ["control_plane", "runai_system", "k8s_cluster"])
+    assert need["cpus"] == {"value": 8, "group": "runai_system"}
+    assert need["memory_mb"] == {"value": 1700, "group": "control_plane, runai_system"}
+    assert need["disk_gb"] == {"value": 0, "group": ""}
+
+
+def test_a_node_in_no_group_of_the_table_has_no_requirement():
+    assert preflight.required(REQUIREMENTS, ["jumpbox"])["cpus"] == {"value": 0, "group": ""}
+
+
+@pytest.mark.parametrize(
+    ("facts", "status"),
+    [
+        (
+            {"distribution": "Debian", "distribution_version": "12.7", "distribution_major_version": "12"},
+            "PASS",
+        ),
+        (
+            {"distribution": "Debian", "distribution_version": "12", "distribution_major_version": "12"},
+            "PASS",
+        ),
+        (
+            {"distribution": "Debian", "distribution_version": "11.9", "distribution_major_version": "11"},
+            "PROBLEM",
+        ),
+        (
+            {"distribution": "Ubuntu", "distribution_version": "22.04", "distribution_major_version": "22"},
+            "PROBLEM",
+        ),
+    ],
+)
+def test_the_release_must_be_a_supported_one(facts, status):
+    found = preflight.os_finding(facts, {"Debian": [12]})
+    assert found["status"] == status
+    assert found["needed"] == "Debian 12"
+    assert found["found"] == f"{facts['distribution']} {facts['distribution_version']}"
+
+
+CONTEXT = {"disk_path": "/var", "disk_mount": "/", "disk_error": "", "group_names": ["workers"]}
+
+
+def test_a_measure_at_or_above_the_requirement_passes():
+    found = preflight.measure_finding("cpus", 4, {"value": 4, "group": "workers"}, CONTEXT)
+    assert found == {
+        "check": "CPUs",
+        "status": "PASS",
+        "found": "4 logical CPUs",
+        "needed": "at least 4 CPUs (workers)",
+        "fix": "",
+    }
+
+
+def test_a_measure_below_the_requirement_is_a_problem_with_its_fix():
+    found = preflight.measure_finding("disk_free_gb", 3.2, {"value": 15, "group": "workers"}, CONTEXT)
+    assert found["status"] == "PROBLEM"
+    assert found["found"] == "3.2 GB free in /"
+    assert found["fix"] == "free space in / (old images, logs), or enlarge it"
+
+
+def test_a_disk_that_cannot_be_measured_is_a_problem_saying_why():
+    context = {**CONTEXT, "disk_error": "df: /var: No such file or directory"}
+    found = preflight.measure_finding("disk_gb", None, {"value": 46, "group": "workers"}, context)
+    assert found["status"] == "PROBLEM"
+    assert found["found"] == "cannot measure /var: df: /var: No such file or directory"
+
+
+def test_a_measure_no_group_asks_for_passes_and_says_so():
+    found = preflight.measure_finding("memory_mb", 512, {"value": 0, "group": ""}, CONTEXT)
+    assert found["status"] == "PASS" and found["needed"] == "no requirement for groups workers"
+
+
+# Identity -------------------------------------------------------------------------------------------
+
+ME = {"hostname": "worker-1", "macs": ["02:42:ac:1c:04:0b"], "product_uuid": "4c4c4544-0001"}
+
+
+def test_a_node_unlike_every_other_passes_all_three():
+    others = {"worker-2": {"hostname": "worker-2", "macs": ["02:42:ac:1c:04:0c"], "product_uuid": "x"}}
+    found = by_check(preflight.identity_findings(ME, others))
+    assert [found[c]["status"] for c in ("hostname", "MAC addresses", "product_uuid")] == ["PASS"] * 3
+
+
+def test_a_cloned_machine_is_named_on_each_shared_identity():
+    others = {"worker-2": dict(ME), "worker-3": {"hostname": "worker-3", "macs": [], "product_uuid": "y"}}
+    found = by_check(preflight.identity_findings(ME, others))
+    assert found["hostname"]["status"] == "PROBLEM"
+    assert found["hostname"]["found"] == "worker-1, also the hostname of worker-2"
+    assert found["MAC addresses"]["found"] == "02:42:ac:1c:04:0b, also on worker-2"
+    assert found["product_uuid"]["found"] == "4c4c4544-0001, also on worker-2"
+    assert found["product_uuid"]["fix"].startswith("give each virtual machine its own SMBIOS UUID")
+
+
+def test_a_hostname_kubernetes_cannot_name_a_node_after_is_a_problem():
+    found = by_check(preflight.identity_findings({**ME, "hostname": "Worker_1"}, {}))["hostname"]
+    assert found["status"] == "PROBLEM" and found["found"] == "Worker_1, not a valid Kubernetes node name"
+
+
+def test_an_unreadable_product_uuid_is_a_note_and_the_check_can_be_turned_off():
+    assert by_check(preflight.identity_findings({**ME, "product_uuid": "na"}, {}))["product_uuid"][
+        "status"
+    ] == ("NOTE")
+    skipped = by_check(preflight.identity_findings(ME, {"w": dict(ME)}, check_product_uuid=False))
+    assert skipped["product_uuid"]["status"] == "SKIP"
+
+
+def test_a_node_without_mac_addresses_says_none():
+    assert by_check(preflight.identity_findings({**ME, "macs": []}, {}))["MAC addresses"]["found"] == "none"
+
+
+# The Run:ai certificate -----------------------------------------------------------------------------
+
+INPUTS = {
+    "cert_file": "/etc/runai/tls.crt",
+    "key_file": "/etc/runai/tls.key",
+    "ca_file": "/etc/runai/ca.crt",
+    "domain": "runai.example.com",
+    "min_valid_days": 30,
+}
+CERT = {
+    "public_key": "-----BEGIN PUBLIC KEY-----",
+    "public_key_fingerprints": {"sha256": "aa:bb"},
+    "subject_alt_name": ["DNS:runai.example.com", "IP:10.0.0.100"],
+    "not_before": "20260101000000Z",
+    "not_after": "20280101000000Z",
+    "valid_at": {"now": True, "soon": True},
+}
+CHAIN = {"root": {"pem": "..."}}
+KEY = {"public_key_fingerprints": {"sha256": "aa:bb"}}
+
+
+def tls(inputs=None, cert=None, chain=None, key=None) -> dict[str, dict]:
+    return by_check(
+        preflight.tls_findings(
+            inputs or INPUTS, CERT if cert is None else cert, CHAIN if chain is None else chain, key or KEY
+        )
+    )
+
+
+def test_a_certificate_for_the_domain_from_the_ca_with_its_key_passes_every_check():
+    found = tls()
+    assert {check: f["status"] for check, f in found.items()} == {
+        "TLS name": "PASS",
+        "TLS validity": "PASS",
+        "TLS CA": "PASS",
+        "TLS key": "PASS",
+    }
+    assert found["TLS validity"]["found"] == "valid from 2026-01-01 00:00:00 to 2028-01-01 00:00:00 (UTC)"
+
+
+def test_no_certificate_set_is_skipped_and_an_unreadable_one_is_a_problem():
+    assert tls(inputs={**INPUTS, "cert_file": ""})["TLS certificate"]["status"] == "SKIP"
+    unreadable = tls(cert={"msg": "not a PEM file"})["TLS certificate"]
+    assert unreadable["status"] == "PROBLEM"
+    assert unreadable["found"] == "cannot read /etc/runai/tls.crt: not a PEM file"
+
+
+@pytest.mark.parametrize(
+    ("names", "status", "found"),
+    [
+        (["DNS:*.example.com"], "PASS", "/etc/runai/tls.crt is for *.example.com"),
+        (["DNS:RUNAI.example.com"], "PASS", "/etc/runai/tls.crt is for runai.example.com"),
+        (["DNS:other.example.org"], "PROBLEM", "/etc/runai/tls.crt is for other.example.org"),
+        ([], "PROBLEM", "/etc/runai/tls.crt is for no DNS name (no subjectAltName)"),
+    ],
+)
+def test_the_certificate_must_name_the_domain_or_a_wildcard_for_it(names, status, found):
+    result = tls(cert={**CERT, "subject_alt_name": names})["TLS name"]
+    assert (result["status"], result["found"]) == (status, found)
+    assert result["fix"] == ("issue a certificate for runai_domain" if status == "PROBLEM" else "")
+
+
+def test_no_domain_skips_the_name():
+    assert tls(inputs={**INPUTS, "domain": ""})["TLS name"]["status"] == "SKIP"
+
+
+@pytest.mark.parametrize(
+    ("valid_at", "status", "fix"),
+    [
+        ({"now": False, "soon": False}, "PROBLEM", "renew the certificate"),
+        ({"now": True, "soon": False}, "NOTE", "renew the certificate"),
+        ({"now": True, "soon": True}, "PASS", ""),
+    ],
+)
+def test_the_certificate_must_be_valid_now_and_is_noted_when_it_expires_soon(valid_at, status, fix):
+    result = tls(cert={**CERT, "valid_at": valid_at})["TLS validity"]
+    assert (result["status"], result["fix"]) == (status, fix)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "chain", "status", "found"),
+    [
+        ({**INPUTS, "ca_file": ""}, {"skipped": True}, "SKIP", "not checked (runai_ca_cert_file is not set)"),
+        (
+            INPUTS,
+            {"msg": "Cannot complete chain. Stuck at cert"},
+            "PROBLEM",
+            "not signed by the CA of /etc/runai/ca.crt",
+        ),
+        (INPUTS, {"msg": "Error while reading"}, "PROBLEM", "cannot check the chain: Error while reading"),
+    ],
+)
+def test_the_certificate_must_chain_to_the_given_ca(inputs, chain, status, found):
+    result = tls(inputs=inputs, chain=chain)["TLS CA"]
+    assert (result["status"], result["found"]) == (status, found)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "key", "status", "found"),
+    [
+        (
+            {**INPUTS, "key_file": ""},
+            {"skipped": True},
+            "SKIP",
+            "not checked (runai_tls_key_file is not set)",
+        ),
+        (
+            INPUTS,
+            {"public_key_fingerprints": {"sha256": "cc:dd"}},
+            "PROBLEM",
+            "/etc/runai/tls.key is not the key of the certificate",
+        ),
+        (INPUTS, {"msg": "bad decrypt"}, "PROBLEM", "cannot read /etc/runai/tls.key: bad decrypt"),
+    ],
+)
+def test_the_key_must_be_the_certificates(inputs, key, status, found):
+    result = tls(inputs=inputs, key=key)["TLS key"]
+    assert (result["status"], result["found"]) == (status, found)
+    assert bool(result["fix"]) is (status == "PROBLEM")
+
+
+# The report -----------------------------------------------------------------------------------------
+
+
+def test_the_failure_lists_each_problem_once_naming_every_host_that_has_it():
+    problem = {"check": "operating system", "found": "Debian 11.9", "needed": "Debian 12", "fix": "reinstall"}
+    problems = [
+        {**problem, "host": "worker-1"},
+        {**problem, "host": "worker-2"},
+        {"check": "swap", "found": "on", "needed": "off", "fix": "", "host": "worker-1"},
+    ]
+    message = preflight.failure_message(problems, "3 problem(s) on worker-1, worker-2", "/r.txt")
+    assert message.splitlines() == [
+        "Preflight found 3 problem(s) on worker-1, worker-2. Report: /r.txt",
+        "- worker-1, worker-2: operating system: Debian 11.9; needed: Debian 12; fix: reinstall",
+        "- worker-1: swap: on; needed: off",
+    ]
