@@ -209,6 +209,246 @@ def identity_findings(identity: dict, others: dict, check_product_uuid: bool = T
     return [hostname, macs, product_uuid]
 
 
+# Swap, ports, clock --------------------------------------------------------------------------------
+
+
+def swap_finding(swaps: dict, will_be_disabled: bool) -> dict:
+    """SWAPS: node_probe's {areas, error}. Swap must be off before kubelet starts; role prereqs turns it
+    off when prereqs_swap_disable is true (WILL_BE_DISABLED), so it is then only a note."""
+    areas, error = swaps.get("areas") or [], swaps.get("error") or ""
+    if error:
+        status, found = "PROBLEM", f"cannot read /proc/swaps: {error}"
+    elif not areas:
+        status, found = "PASS", "swap off"
+    else:
+        status, found = ("NOTE" if will_be_disabled else "PROBLEM"), f"swap on: {', '.join(areas)}"
+    if will_be_disabled:
+        needed = "swap off before kubelet starts: role prereqs turns it off for good"
+        needed += " (prereqs_swap_disable is true)"
+        fix = ""
+    else:
+        needed = "swap off: kubelet will not start, and prereqs_swap_disable is false for this node"
+        fix = "set prereqs_swap_disable: true, or swapoff -a and remove swap from /etc/fstab"
+    return finding("swap", status, found, needed, fix)
+
+
+def ports_finding(listening: dict, needed_ports: list[int], port_groups: list[str], context: dict) -> dict:
+    """LISTENING: node_probe's {ports: [{port, name}], error}. The ports kubeadm needs must be free, but
+    on a cluster member (CONTEXT member), whose own components hold them. CONTEXT: member, group_names."""
+    busy = sorted(
+        (entry for entry in listening.get("ports") or [] if entry.get("port") in needed_ports),
+        key=lambda entry: entry["port"],
+    )
+    busy_text = ", ".join(dict.fromkeys(f"{entry['port']} ({entry.get('name') or '?'})" for entry in busy))
+    error = listening.get("error") or ""
+    if context.get("member"):
+        status = "SKIP"
+        found = "not checked: already a cluster member (/etc/kubernetes/kubelet.conf),"
+        found += " its own components hold them"
+    elif not needed_ports:
+        status, found = "SKIP", f"no port to check for groups {', '.join(context.get('group_names') or [])}"
+    elif error:
+        status, found = "PROBLEM", f"cannot list the listening ports: {error}"
+    elif busy:
+        status, found = "PROBLEM", f"in use: {busy_text}"
+    else:
+        status, found = "PASS", f"free: {', '.join(str(port) for port in needed_ports)}"
+    fix = ""
+    if status == "PROBLEM":
+        fix = (
+            "stop what listens there (ss -tlnp); kubeadm reset cleans up a former Kubernetes"
+            if busy
+            else ("look at /proc/net/tcp")
+        )
+    return finding(
+        "ports",
+        status,
+        found,
+        f"TCP {', '.join(str(port) for port in needed_ports)} free for kubeadm ({', '.join(port_groups)})",
+        fix,
+    )
+
+
+def clock_finding(clock: dict, max_seconds: float) -> dict:
+    """CLOCK: action clock_skew's result {offset, uncertainty, within} (or a failure with msg)."""
+    read = "offset" in clock
+    if not read:
+        found = f"cannot read the clock: {clock.get('msg', '')}"
+    else:
+        side = "ahead of" if clock["offset"] > 0 else "behind"
+        found = f"{abs(clock['offset']):.1f} s {side} the controller (within {clock['uncertainty']:.1f} s)"
+    ok = read and clock.get("within")
+    return finding(
+        "clock",
+        "PASS" if ok else "PROBLEM",
+        found,
+        f"within {max_seconds} s of the controller's clock (preflight_max_clock_skew_seconds)",
+        ""
+        if ok
+        else "synchronise it with the NTP servers of the site (prereqs_ntp_servers; chronyc makestep or "
+        "timedatectl), then run again",
+    )
+
+
+# The container runtime -----------------------------------------------------------------------------
+
+
+def cgroup_driver_finding(docker: dict, docker_running: bool, member: bool) -> dict:
+    """DOCKER: node_probe's {driver, error}. kubelet uses the systemd cgroup driver; role docker switches
+    docker to it, but a member's kubelet already runs with docker's driver."""
+    driver = docker.get("driver") or ""
+    if not docker_running or driver == "systemd":
+        status = "PASS"
+    elif not driver or member:
+        status = "PROBLEM"
+    else:
+        status = "NOTE"
+    if not docker_running:
+        found = "docker does not run here"
+    elif not driver:
+        found = f"docker runs, but docker info fails: {docker.get('error') or ''}"
+    else:
+        found = f"docker uses the {driver} cgroup driver"
+    if not docker_running or driver == "systemd":
+        fix = ""
+    elif not driver:
+        fix = "look at journalctl -u docker"
+    elif member:
+        fix = (
+            "its kubelet runs with this driver: drain the node, kubeadm reset, then site.yml switches docker"
+            " and joins it again"
+        )
+    else:
+        fix = "role docker switches it, restarting docker and its containers"
+    return finding("docker cgroup driver", status, found, "the systemd cgroup driver (kubelet's)", fix)
+
+
+def kubelet_runtime_finding(flags: dict, runtime: str, member: bool) -> dict:
+    """FLAGS: node_probe's read of /var/lib/kubelet/kubeadm-flags.env {content, error}; a member's
+    kubelet must use RUNTIME (appliance_container_runtime)."""
+    content = flags.get("content")
+    used = (
+        "containerd"
+        if "--container-runtime=remote" in (content or "") and "containerd.sock" in (content or "")
+        else "docker"
+    )
+    if not member:
+        status, found = "SKIP", "not a cluster member yet"
+    elif content is None:
+        status, found = (
+            "PROBLEM",
+            f"cannot read /var/lib/kubelet/kubeadm-flags.env: {flags.get('error') or ''}",
+        )
+    else:
+        status, found = ("PASS" if used == runtime else "PROBLEM"), f"kubelet uses {used}"
+    fix = ""
+    if member and content is not None and used != runtime:
+        fix = (
+            f"set appliance_container_runtime: {used}, or move the member: drain it, kubeadm reset and"
+            " join it again"
+        )
+    return finding("kubelet runtime", status, found, f"{runtime} (appliance_container_runtime)", fix)
+
+
+def other_runtimes_finding(units: dict, other_services: list[str], runtime: str) -> dict:
+    """UNITS: systemctl is-active's state of docker.service and OTHER_SERVICES. kubeadm stops when it finds
+    several runtimes; docker running beside containerd is a note (kubelet uses containerd)."""
+    asked = ["docker.service", *other_services]
+    answered = all(units.get(unit) for unit in asked)
+    running = [unit for unit in other_services if units.get(unit) == "active"]
+    docker_too = runtime == "containerd" and units.get("docker.service") == "active"
+    if not answered:
+        status, found = "PROBLEM", f"systemctl is-active gave no state for some of {', '.join(asked)}"
+    elif running:
+        status, found = "PROBLEM", f"running: {', '.join(running)}"
+    elif docker_too:
+        status, found = "NOTE", "docker runs too; kubelet will use containerd"
+    else:
+        status, found = "PASS", "none running"
+    return finding(
+        "other runtimes",
+        status,
+        found,
+        f"no runtime but {runtime} (kubeadm stops when it finds several)",
+        f"systemctl disable --now {' '.join(running)}, or remove it" if running else "",
+    )
+
+
+# Run:ai's name, NFS server, GPUs ------------------------------------------------------------------
+
+
+def dns_finding(lookup: dict, domain: str, external_ip: str, where: str) -> dict:
+    """LOOKUP: `getent ahosts DOMAIN` run on WHERE (skipped when the domain or the address is not set);
+    the name must resolve to EXTERNAL_IP there."""
+    wanted = bool(domain) and bool(external_ip)
+    addresses = list(
+        dict.fromkeys(line.split()[0] for line in lookup.get("stdout_lines") or [] if line.split())
+    )
+    if not wanted:
+        status, found = "SKIP", "not checked (runai_domain or runai_external_ip is not set)"
+    elif not addresses:
+        status, found = "PROBLEM", f"{domain} does not resolve on {where}"
+    else:
+        status = "PASS" if external_ip in addresses else "PROBLEM"
+        found = f"{domain} resolves to {', '.join(addresses)} on {where}"
+    return finding(
+        "runai_domain",
+        status,
+        found,
+        f"resolving to {external_ip} (runai_external_ip)",
+        "add a DNS A record (or an /etc/hosts line) for it" if status == "PROBLEM" else "",
+    )
+
+
+def nfs_finding(connection: dict, server: str, port: int, timeout) -> dict:
+    """CONNECTION: wait_for's result on SERVER:PORT (state started when it connected)."""
+    target = f"{server}:{port}"
+    answered = connection.get("state") == "started"
+    if not server:
+        status, found = "SKIP", "not checked (runai_nfs_server is not set)"
+    elif answered:
+        status, found = "PASS", f"{target} answers"
+    else:
+        status, found = "PROBLEM", f"no answer on TCP {target} within {timeout} s"
+    return finding(
+        "NFS server",
+        status,
+        found,
+        f"an answer on TCP {port} (NFSv4) from every node",
+        f"start the NFS server, or open TCP {port} to it from the nodes" if status == "PROBLEM" else "",
+    )
+
+
+def gpus_finding(smi: dict, expected: int = 0) -> dict:
+    """SMI: `nvidia-smi -L` as node_probe ran it {rc, stdout_lines, stderr}; rc 127, no nvidia-smi, skips
+    (the GPU operator installs the driver later). EXPECTED: preflight_gpus_expected, 0 for at least one."""
+    rc = smi.get("rc")
+    lines = smi.get("stdout_lines") or []
+    gpus = [line for line in lines if re.match(r"GPU [0-9]+:", line)]
+    expected = int(expected or 0)
+    ok = rc == 0 and (len(gpus) == expected if expected > 0 else len(gpus) > 0)
+    if rc == 127:
+        status, found = "SKIP", "not checked: no nvidia-smi (the GPU operator installs the driver)"
+    elif rc == 0:
+        status = "PASS" if ok else "PROBLEM"
+        found = f"{len(gpus)} GPUs: " + "; ".join(re.sub(r" [(]UUID.*$", "", gpu) for gpu in gpus)
+    else:
+        status = "PROBLEM"
+        found = f"nvidia-smi -L fails: {(' '.join(lines) + ' ' + (smi.get('stderr') or '')).strip()}"
+    return finding(
+        "GPUs",
+        status,
+        found,
+        f"{expected} GPUs (preflight_gpus_expected)"
+        if expected > 0
+        else "at least one GPU, as a gpu_workers node",
+        ""
+        if status != "PROBLEM"
+        else "check that the GPUs are seated and the driver loads (dmesg | grep -i nvrm), or put the node in "
+        "cpu_workers",
+    )
+
+
 # The Run:ai certificate ----------------------------------------------------------------------------
 
 
@@ -336,6 +576,15 @@ class FilterModule:
             "preflight_os": os_finding,
             "preflight_measure": measure_finding,
             "preflight_identity": identity_findings,
+            "preflight_swap": swap_finding,
+            "preflight_ports": ports_finding,
+            "preflight_clock": clock_finding,
+            "preflight_cgroup_driver": cgroup_driver_finding,
+            "preflight_kubelet_runtime": kubelet_runtime_finding,
+            "preflight_other_runtimes": other_runtimes_finding,
+            "preflight_dns": dns_finding,
+            "preflight_nfs": nfs_finding,
+            "preflight_gpus": gpus_finding,
             "preflight_tls": tls_findings,
             "preflight_failure_message": failure_message,
         }

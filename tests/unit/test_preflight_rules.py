@@ -324,3 +324,185 @@ def test_the_failure_lists_each_problem_once_naming_every_host_that_has_it():
         "- worker-1, worker-2: operating system: Debian 11.9; needed: Debian 12; fix: reinstall",
         "- worker-1: swap: on; needed: off",
     ]
+
+
+# Swap, ports, clock ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("swaps", "disable", "status"),
+    [
+        ({"areas": [], "error": ""}, True, "PASS"),
+        ({"areas": ["/swapfile"], "error": ""}, True, "NOTE"),
+        ({"areas": ["/swapfile"], "error": ""}, False, "PROBLEM"),
+        ({"areas": [], "error": "permission denied"}, True, "PROBLEM"),
+    ],
+)
+def test_swap_must_be_off_or_about_to_be(swaps, disable, status):
+    found = preflight.swap_finding(swaps, disable)
+    assert found["status"] == status
+    assert bool(found["fix"]) is (not disable)
+
+
+PORTS = {"ports": [{"port": 6443, "name": "kube-apiserver"}, {"port": 22, "name": "sshd"}], "error": ""}
+
+
+def test_a_port_kubeadm_needs_in_use_is_a_problem_naming_the_process():
+    found = preflight.ports_finding(PORTS, [6443, 10250], ["control_plane"], {"member": False})
+    assert (found["status"], found["found"]) == ("PROBLEM", "in use: 6443 (kube-apiserver)")
+    assert found["needed"] == "TCP 6443, 10250 free for kubeadm (control_plane)"
+
+
+def test_free_ports_pass_and_a_member_or_a_node_needing_none_is_skipped():
+    assert preflight.ports_finding(PORTS, [10250], ["workers"], {"member": False})["status"] == "PASS"
+    assert preflight.ports_finding(PORTS, [6443], ["control_plane"], {"member": True})["status"] == "SKIP"
+    skipped = preflight.ports_finding(PORTS, [], [], {"member": False, "group_names": ["jumpbox"]})
+    assert (skipped["status"], skipped["found"]) == ("SKIP", "no port to check for groups jumpbox")
+
+
+def test_ports_that_cannot_be_listed_are_a_problem():
+    found = preflight.ports_finding({"ports": [], "error": "no /proc/net/tcp"}, [10250], ["workers"], {})
+    assert (found["status"], found["fix"]) == ("PROBLEM", "look at /proc/net/tcp")
+
+
+@pytest.mark.parametrize(
+    ("clock", "status", "found"),
+    [
+        (
+            {"offset": 0.3, "uncertainty": 0.01, "within": True},
+            "PASS",
+            "0.3 s ahead of the controller (within 0.0 s)",
+        ),
+        (
+            {"offset": -5.0, "uncertainty": 0.02, "within": False},
+            "PROBLEM",
+            "5.0 s behind the controller (within 0.0 s)",
+        ),
+        ({"failed": True, "msg": "date: not found"}, "PROBLEM", "cannot read the clock: date: not found"),
+    ],
+)
+def test_the_clock_must_be_within_the_skew_allowed(clock, status, found):
+    result = preflight.clock_finding(clock, 2)
+    assert (result["status"], result["found"]) == (status, found)
+
+
+# The container runtime ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("docker", "running", "member", "status"),
+    [
+        ({"driver": "systemd", "error": ""}, True, True, "PASS"),
+        ({"driver": "", "error": ""}, False, False, "PASS"),
+        ({"driver": "cgroupfs", "error": ""}, True, False, "NOTE"),
+        ({"driver": "cgroupfs", "error": ""}, True, True, "PROBLEM"),
+        ({"driver": "", "error": "Cannot connect"}, True, False, "PROBLEM"),
+    ],
+)
+def test_docker_must_use_the_systemd_cgroup_driver_or_be_switchable(docker, running, member, status):
+    assert preflight.cgroup_driver_finding(docker, running, member)["status"] == status
+
+
+CONTAINERD_FLAGS = 'KUBELET_KUBEADM_ARGS="--container-runtime=remote --container-runtime-endpoint=unix:///run/containerd/containerd.sock"'
+
+
+@pytest.mark.parametrize(
+    ("flags", "runtime", "member", "status"),
+    [
+        ({"content": CONTAINERD_FLAGS}, "containerd", True, "PASS"),
+        ({"content": 'KUBELET_KUBEADM_ARGS="--network-plugin=cni"'}, "docker", True, "PASS"),
+        ({"content": CONTAINERD_FLAGS}, "docker", True, "PROBLEM"),
+        ({"content": None, "error": "No such file"}, "docker", True, "PROBLEM"),
+        ({"content": None}, "docker", False, "SKIP"),
+    ],
+)
+def test_a_members_kubelet_must_use_the_runtime_of_the_inventory(flags, runtime, member, status):
+    found = preflight.kubelet_runtime_finding(flags, runtime, member)
+    assert found["status"] == status
+    if status == "PROBLEM" and flags["content"]:
+        assert found["fix"].startswith("set appliance_container_runtime: containerd")
+
+
+@pytest.mark.parametrize(
+    ("units", "runtime", "status"),
+    [
+        ({"docker.service": "active", "crio.service": "inactive"}, "docker", "PASS"),
+        ({"docker.service": "active", "crio.service": "active"}, "docker", "PROBLEM"),
+        ({"docker.service": "active", "crio.service": "inactive"}, "containerd", "NOTE"),
+        ({"docker.service": "active", "crio.service": ""}, "docker", "PROBLEM"),
+    ],
+)
+def test_no_other_runtime_may_run(units, runtime, status):
+    found = preflight.other_runtimes_finding(units, ["crio.service"], runtime)
+    assert found["status"] == status
+    assert (found["fix"] == "systemctl disable --now crio.service, or remove it") is (
+        units["crio.service"] == "active"
+    )
+
+
+# Run:ai's name, NFS server, GPUs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "domain", "ip", "status"),
+    [
+        (
+            ["10.0.0.100      STREAM runai.example.com", "10.0.0.100      DGRAM"],
+            "runai.example.com",
+            "10.0.0.100",
+            "PASS",
+        ),
+        (["10.0.0.7        STREAM runai.example.com"], "runai.example.com", "10.0.0.100", "PROBLEM"),
+        ([], "runai.example.com", "10.0.0.100", "PROBLEM"),
+        ([], "", "10.0.0.100", "SKIP"),
+        ([], "runai.example.com", "", "SKIP"),
+    ],
+)
+def test_the_name_of_run_ai_must_resolve_to_its_external_address(lines, domain, ip, status):
+    found = preflight.dns_finding({"stdout_lines": lines}, domain, ip, "the controller")
+    assert found["status"] == status
+    if lines and status == "PROBLEM":
+        assert found["found"] == "runai.example.com resolves to 10.0.0.7 on the controller"
+    if not lines and status == "PROBLEM":
+        assert found["found"] == "runai.example.com does not resolve on the controller"
+
+
+@pytest.mark.parametrize(
+    ("connection", "server", "status"),
+    [
+        ({"state": "started"}, "10.0.0.5", "PASS"),
+        ({"msg": "Timeout"}, "10.0.0.5", "PROBLEM"),
+        ({}, "", "SKIP"),
+    ],
+)
+def test_the_nfs_server_must_answer_on_nfsv4s_port(connection, server, status):
+    found = preflight.nfs_finding(connection, server, 2049, 5)
+    assert found["status"] == status
+    if status == "PROBLEM":
+        assert found["found"] == "no answer on TCP 10.0.0.5:2049 within 5 s"
+
+
+TWO_GPUS = [
+    "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-1)",
+    "GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-2)",
+]
+
+
+@pytest.mark.parametrize(
+    ("smi", "expected", "status"),
+    [
+        ({"rc": 0, "stdout_lines": TWO_GPUS}, 0, "PASS"),
+        ({"rc": 0, "stdout_lines": TWO_GPUS}, 2, "PASS"),
+        ({"rc": 0, "stdout_lines": TWO_GPUS}, 8, "PROBLEM"),
+        ({"rc": 0, "stdout_lines": []}, 0, "PROBLEM"),
+        ({"rc": 9, "stdout_lines": [], "stderr": "NVIDIA-SMI has failed"}, 0, "PROBLEM"),
+        ({"rc": 127, "stdout_lines": []}, 0, "SKIP"),
+    ],
+)
+def test_a_gpu_worker_with_a_driver_must_list_its_gpus(smi, expected, status):
+    found = preflight.gpus_finding(smi, expected)
+    assert found["status"] == status
+    if smi["rc"] == 0 and smi["stdout_lines"]:
+        assert found["found"] == "2 GPUs: GPU 0: NVIDIA A100-SXM4-80GB; GPU 1: NVIDIA A100-SXM4-80GB"
+    if smi["rc"] == 9:
+        assert found["found"] == "nvidia-smi -L fails: NVIDIA-SMI has failed"
