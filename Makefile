@@ -22,8 +22,8 @@ lab-down: setup
 test: setup lint collection unit lab-test molecule
 
 lint:
-	ruff check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
-	ruff format --check src tests benchmarks molecule plugins roles/certs/files roles/backup/files
+	ruff check src tests benchmarks molecule plugins scripts roles/certs/files roles/backup/files
+	ruff format --check src tests benchmarks molecule plugins scripts roles/certs/files roles/backup/files
 	ansible-lint
 	$(HOME)/.cache/appliance/bin/promtool check rules monitoring/prometheus/gpu-health-rules.yml
 	cd monitoring/prometheus && $(HOME)/.cache/appliance/bin/promtool test rules gpu-health-rules.test.yml

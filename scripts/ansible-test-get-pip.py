@@ -21,5 +21,9 @@ sys.path.insert(0, wheels[0])
 from pip._internal.cli.main import main  # noqa: E402  (importable only once the wheel is on the path)
 
 args = [arg for arg in sys.argv[1:] if arg not in ("--no-setuptools", "--no-wheel")]
-extra = [name for name, flag in (("setuptools", "--no-setuptools"), ("wheel", "--no-wheel")) if flag not in sys.argv]
+extra = [
+    name
+    for name, flag in (("setuptools", "--no-setuptools"), ("wheel", "--no-wheel"))
+    if flag not in sys.argv
+]
 sys.exit(main(["install", "--upgrade", "--force-reinstall", *args, *extra]))
