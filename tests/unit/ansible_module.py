@@ -12,9 +12,15 @@ PROJECT = Path(__file__).resolve().parents[2]
 ANSIBLE = Path(sys.executable).parent / "ansible"
 
 
-def run_module(name: str, args: dict, *extra: str) -> dict:
-    """`ansible localhost -m appliance.runai.NAME -a ARGS EXTRA...` (e.g. --check): its result, a dict."""
-    env = {**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "json"}
+def run_module(name: str, args: dict, *extra: str, env: dict | None = None) -> dict:
+    """`ansible localhost -m appliance.runai.NAME -a ARGS EXTRA...` (e.g. --check): its result, a dict.
+    ENV: variables for the module's environment (PATH, for a stand-in command)."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "json",
+    }
     result = subprocess.run(
         [
             str(ANSIBLE),
