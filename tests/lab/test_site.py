@@ -597,16 +597,21 @@ def test_a_playbook_outside_the_repository_runs_the_installed_collection_with_no
     galaxy = str(bin_dir / "ansible-galaxy")
     built = subprocess.run(
         [galaxy, "collection", "build", str(PROJECT), "--output-path", str(tmp_path)],
-        capture_output=True, text=True, check=False,
+        cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr
     (artifact,) = tmp_path.glob("appliance-runai-*.tar.gz")
     collections = tmp_path / "collections"
     installed = subprocess.run(
-        [galaxy, "collection", "install", str(artifact), "--no-deps",
+        [galaxy, "collection", "install", str(artifact), "--no-deps", "--force",
          "--collections-path", str(collections)],
-        capture_output=True, text=True, check=False,
+        cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
+    # Run from this checkout, ansible-galaxy would see the collection in ./collections (ansible.cfg) and
+    # install nothing; from tmp_path, with --force, the artifact is what the playbook runs.
+    assert (collections / "ansible_collections/appliance/runai/playbooks/site.yml").is_file(), (
+        installed.stdout
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     site = tmp_path / "site"
     site.mkdir()
