@@ -26,7 +26,7 @@ options:
     required: true
 """
 
-import ipaddress
+from ansible_collections.appliance.runai.plugins.filter.preflight import is_ip
 
 
 def required_members(version: str) -> list[str]:
@@ -38,14 +38,6 @@ def required_members(version: str) -> list[str]:
         "deploy/images.txt",
         "deploy/prepare_installation.sh",
     ]
-
-
-def _is_ip(text) -> bool:
-    try:
-        ipaddress.ip_address(str(text))
-    except ValueError:
-        return False
-    return True
 
 
 def tarball_problems(facts: dict) -> list[str]:
@@ -90,7 +82,7 @@ def problems(facts: dict) -> list[str]:
     ips = facts.get("external_ips") or []
     if not ips:
         found.append("runai_external_ip, the address the domain resolves to, is not set.")
-    found += [f"{ip} is not an IP address (runai_external_ip)." for ip in ips if not _is_ip(ip)]
+    found += [f"{ip} is not an IP address (runai_external_ip)." for ip in ips if not is_ip(ip)]
     if not facts.get("tls_generate"):
         if not (facts.get("cert_file") and facts.get("key_file") and facts.get("ca_file")):
             found.append(

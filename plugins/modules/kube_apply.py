@@ -137,9 +137,8 @@ def main() -> None:
     if not differs:
         module.exit_json(msg=f"the cluster matches {src}", **result)
     if module.check_mode:
-        module.exit_json(
-            changed=True, msg=f"would apply {src}", **{k: v for k, v in result.items() if k != "changed"}
-        )
+        result.update(changed=True, msg=f"would apply {src}")
+        module.exit_json(**result)
 
     rc, out, err = kubectl.run("apply", "-f", src)
     if rc != 0:

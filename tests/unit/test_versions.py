@@ -116,73 +116,32 @@ def test_check_names_every_problem():
     assert "binaries.helm.sha256: unknown architecture 's390x'" in problems
 
 
+def debug_lookup(inventory, expression: str) -> subprocess.CompletedProcess[str]:
+    """`ansible node -m debug -a msg=EXPRESSION -o` with the project's ansible.cfg: one line, `=> {json}`."""
+    return subprocess.run(
+        [str(BIN / "ansible"), "node", "-i", str(inventory), "-m", "ansible.builtin.debug", "-a",
+         f"msg={expression}", "-o"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+        env={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "PATH": str(BIN),
+             "ANSIBLE_STDOUT_CALLBACK": "oneline"},
+    )  # fmt: skip
+
+
 def test_roles_see_the_same_versions_through_the_lookup_plugin(tmp_path):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    node:\n      ansible_connection: local\n")
-    result = subprocess.run(
-        [
-            str(BIN / "ansible"),
-            "node",
-            "-i",
-            str(inventory),
-            "-m",
-            "ansible.builtin.debug",
-            "-a",
-            "msg={{ lookup('appliance.runai.versions') }}",
-            "-o",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={
-            "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"),
-            "PATH": str(BIN),
-            "ANSIBLE_STDOUT_CALLBACK": "oneline",
-        },
-    )
+    data = versions.load(versions.versions_file(PROJECT))
+    result = debug_lookup(inventory, "{{ lookup('appliance.runai.versions') }}")
     assert result.returncode == 0, result.stdout + result.stderr
-    seen = json.loads(result.stdout.split("=>", 1)[1])["msg"]
-    assert seen == versions.load(versions.versions_file(PROJECT))
-    for path, expected in (("kubernetes.version", "v1.23.5"), ("charts.gpu-operator.version", None)):
-        result = subprocess.run(
-            [
-                str(BIN / "ansible"),
-                "node",
-                "-i",
-                str(inventory),
-                "-m",
-                "ansible.builtin.debug",
-                "-a",
-                f"msg={{{{ lookup('appliance.runai.versions', '{path}') }}}}",
-                "-o",
-            ],
-            cwd=PROJECT,
-            capture_output=True,
-            text=True,
-            check=False,
-            env={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "PATH": str(BIN)},
-        )
+    assert json.loads(result.stdout.split("=>", 1)[1])["msg"] == data
+    for path, expected in (
+        ("kubernetes.version", "v1.23.5"),
+        ("charts.gpu-operator.version", data["charts"]["gpu-operator"]["version"]),
+    ):
+        result = debug_lookup(inventory, f"{{{{ lookup('appliance.runai.versions', '{path}') }}}}")
         assert result.returncode == 0, result.stdout + result.stderr
-        if expected:
-            assert f'"msg": "{expected}"' in result.stdout, result.stdout
-    missing = subprocess.run(
-        [
-            str(BIN / "ansible"),
-            "node",
-            "-i",
-            str(inventory),
-            "-m",
-            "ansible.builtin.debug",
-            "-a",
-            "msg={{ lookup('appliance.runai.versions', 'kubernetes.nope') }}",
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "PATH": str(BIN)},
-    )
+        assert json.loads(result.stdout.split("=>", 1)[1])["msg"] == expected, result.stdout
+    missing = debug_lookup(inventory, "{{ lookup('appliance.runai.versions', 'kubernetes.nope') }}")
     assert (
         missing.returncode != 0 and "versions.yml has no kubernetes.nope" in missing.stdout + missing.stderr
     )
