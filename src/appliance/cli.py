@@ -555,13 +555,22 @@ def bundle_build(
             "from its registry, or REF=SOURCE, a skopeo source such as docker-daemon:NAME:TAG.",
         ),
     ] = None,
+    execution_environment: Annotated[
+        bool,
+        typer.Option(
+            "--execution-environment/--no-execution-environment",
+            help="Build the execution environment's image into controller/ (needs ansible-builder).",
+        ),
+    ] = True,
 ) -> None:
     """Build the offline bundle: binaries, apt repository, images, charts, manifests, the controller."""
     from appliance.bundle import upstream
 
     if mirror and source != "upstream" and not image:
         raise UsageError("--mirror applies to --source upstream and to site images (--image)")
-    _build_bundle(out, source, versions_file, upstream.parse_mirrors(mirror or []), image or [])
+    _build_bundle(
+        out, source, versions_file, upstream.parse_mirrors(mirror or []), image or [], execution_environment
+    )
 
 
 def _build_bundle(
@@ -570,6 +579,7 @@ def _build_bundle(
     versions_file: Path | None = None,
     mirrors: dict[str, str] | None = None,
     extra_images: list[str] | None = None,
+    execution_environment: bool = True,
 ) -> None:
     from appliance.bundle import build  # imports the builders only when building
 
@@ -580,6 +590,7 @@ def _build_bundle(
         versions_path=versions_file,
         mirrors=mirrors,
         extra_images=extra_images,
+        execution_environment=execution_environment,
     )
     size = result.size / 2**20
     console.print(

@@ -11,7 +11,9 @@ Layout (stable; manifest.json lists every file with its component, version, size
     charts/      Helm charts (.tgz)
     manifests/   Kubernetes manifests (kube-flannel.yml)
     controller/  the machine that runs Ansible, offline: `controller/install.sh DIR` installs the toolkit,
-                 its Python packages (wheels), the collections and the playbooks (see controller.py)
+                 its Python packages (wheels), the collections and the playbooks (see controller.py);
+                 execution-environment.tar, the image AWX and ansible-navigator run the collection in
+                 (`docker load`; see ee.py), and execution-environment.yml, its definition
 
 The heavy steps cache their results outside the work tree (~/.cache/appliance/bundle/), keyed by what
 they are built from, so a rebuild with nothing changed takes seconds. The bundle is assembled in a
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bundle import controller, debs, gobuild, images, manifest, site_images, upstream, versions
+from appliance.bundle import controller, debs, ee, gobuild, images, manifest, site_images, upstream, versions
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image as node_image
 
@@ -66,12 +68,13 @@ def build_bundle(
     versions_path: Path | None = None,
     mirrors: dict[str, str] | None = None,
     extra_images: list[str] | None = None,
+    execution_environment: bool = True,
 ) -> BuildResult:
     """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory).
 
     SOURCE is `build` (from source) or `upstream` (downloaded, see upstream.py, through MIRRORS);
     VERSIONS_PATH replaces the project's versions.yml; EXTRA_IMAGES (`--image`) add to versions.yml's
-    bundle_extra_images (site_images.py)."""
+    bundle_extra_images (site_images.py). EXECUTION_ENVIRONMENT false leaves controller/'s image out."""
     if source not in SOURCES:
         raise UsageError(f"--source {source}: this toolkit builds bundles from: {', '.join(SOURCES)}")
     out = out.resolve()
@@ -93,6 +96,8 @@ def build_bundle(
     try:
         fetcher = upstream.Fetcher(data, mirrors or {}, log) if source == "upstream" else None
         owners = _assemble(staging, data, project, fetcher, log)
+        if execution_environment:
+            owners.update(_execution_environment(staging, project, log))
         owners.update(_site_images(staging, site, data, mirrors or {}, log))
         meta = {
             "kubernetes": data["kubernetes"]["version"],
@@ -186,6 +191,22 @@ def _assemble(
 
     owners.update(controller.assemble(root, project, debs.source_date_epoch(data), log))
     return owners
+
+
+def _execution_environment(
+    root: Path, project: Path, log: Callable[[str], None]
+) -> dict[str, tuple[str, str]]:
+    """controller/execution-environment.tar (ee.py), from the collections controller/ already holds."""
+    version = controller.toolkit_version(project)
+    collections = sorted((root / "controller" / "collections").glob("*.tar.gz"))
+    archive = ee.build(project, collections, version, root / "controller", log)
+    shutil.copyfile(project / ee.DEFINITION, root / "controller" / ee.DEFINITION)
+    size = archive.stat().st_size / 2**20
+    log(f"controller: execution environment {ee.REPOSITORY}:{version}, {size:.0f} MiB")
+    return {
+        f"controller/{archive.name}": (ee.REPOSITORY, version),
+        f"controller/{ee.DEFINITION}": (ee.REPOSITORY, version),
+    }
 
 
 def _site_images(

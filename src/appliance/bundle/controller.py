@@ -117,7 +117,7 @@ def dependency_wheels(project: Path, log: Callable[[str], None]) -> list[Path]:
         log(f"controller: downloading the wheels of {len(requirements)} requirements and their dependencies")
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
-        _python_tag_check()
+        python_tag_check()
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
             pins.write(constraints)
             pins.flush()
@@ -332,7 +332,7 @@ def _skipped(relative: Path) -> bool:
     return "__pycache__" in relative.parts or relative.suffix == ".pyc"
 
 
-def _python_tag_check() -> None:
+def python_tag_check() -> None:
     if sys.version_info[:2] != (3, 11):
         raise ApplianceError(
             f"controller: the bundle's wheels are for CPython 3.11 (Debian 12's python3); this is "
