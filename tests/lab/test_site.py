@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -108,7 +109,8 @@ def converged():
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr
         yield {"fresh_check": (check, check_summary, left), "run": summary}
     finally:
-        lab_cli("lab", "down")
+        if not os.environ.get("APPLIANCE_TEST_KEEP_LAB"):
+            lab_cli("lab", "down")
 
 
 # What a run of site.yml creates first on a fresh node; --check must create none of them.
@@ -644,6 +646,61 @@ def test_a_playbook_outside_the_repository_runs_the_installed_collection_with_no
         for play in plays
         for task in play["tasks"]
     )
+
+
+def test_ansible_navigator_runs_site_in_the_bundles_execution_environment_with_no_change(converged, tmp_path):
+    """Issue 23's execution environment: the image in the bundle (controller/execution-environment.tar,
+    `docker load`ed as a site with no registry would) holds the collection and everything its plays need
+    on the controller. ansible-navigator runs appliance.runai.site in it (--mode stdout --eei, nothing
+    pulled) in --check against the converged lab: no change. As an AWX job would, it gets the controller-
+    side state (the lab's SSH key, the Run:ai CA and password, the bundle) through appliance_state_dir, a
+    directory mounted into the container."""
+    state = Path.home() / ".local" / "state" / "appliance"
+    archive = state / "bundle" / "controller" / "execution-environment.tar"
+    loaded = subprocess.run(
+        ["docker", "load", "--input", str(archive)], capture_output=True, text=True, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    (image,) = [
+        line.split("Loaded image: ", 1)[1] for line in loaded.stdout.splitlines() if "Loaded image: " in line
+    ]
+    assert image.startswith("appliance-ee:"), loaded.stdout
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "appliance.yml").write_text(
+        "- name: The appliance, from the collection in the execution environment\n"
+        "  ansible.builtin.import_playbook: appliance.runai.site\n"
+    )
+    (project / "runai.yml").write_text(RUNAI_VARS.read_text())
+    # The lab's own inventory (navigator mounts it): its directory names the Run:ai certificate's files.
+    inventory = PROJECT / "inventories" / "labsite" / "hosts.yml"
+    artifact = tmp_path / "artifact.json"
+    navigator = str(Path(sys.executable).parent / "ansible-navigator")
+    checked = subprocess.run(
+        [navigator, "run", "appliance.yml", "--mode", "stdout", "--execution-environment", "true",
+         "--container-engine", "docker", "--execution-environment-image", image, "--pull-policy", "never",
+         "--playbook-artifact-enable", "true", "--playbook-artifact-save-as", str(artifact),
+         "--log-file", str(tmp_path / "navigator.log"),
+         "--execution-environment-volume-mounts", f"{state}:{state}",
+         "--container-options=--network=host",
+         "--set-environment-variable", "ANSIBLE_FORKS=10",
+         "--inventory", str(inventory),
+         "-e", "@runai.yml", "-e", f"appliance_state_dir={state}", "--check"],
+        cwd=project, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(Path.home())},
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout[-4000:] + checked.stderr[-3000:]
+    report = json.loads(artifact.read_text())
+    assert report["status"] == "successful", report["status"]
+    tasks = [task for play in report["plays"] for task in play["tasks"]]
+    assert {task["host"] for task in tasks} == set(NODES)
+    changed_tasks = [(task["host"], task["task"]) for task in tasks if task["__changed"]]
+    assert changed_tasks == [], changed_tasks
+    # The plays ran inside the image: its collection (nothing of this checkout is mounted but the inventory).
+    assert all(
+        task["task_path"].startswith("/usr/share/ansible/collections/ansible_collections/appliance/runai/")
+        for task in tasks
+    ), {task["task_path"] for task in tasks}
 
 
 def release_values(name: str, namespace: str) -> dict:

@@ -40,6 +40,9 @@ def test_the_artifact_holds_the_ansible_content_and_the_health_package_only(tmp_
         "plugins/lookup/health_package.py",
         "plugins/doc_fragments/kubeconfig.py",
         "meta/runtime.yml",
+        "meta/execution-environment.yml",
+        "meta/ee-requirements.txt",
+        "meta/ee-bindep.txt",
         "versions.yml",
         "tests/sanity/ignore-2.19.txt",
         "src/appliance/__init__.py",
@@ -51,6 +54,9 @@ def test_the_artifact_holds_the_ansible_content_and_the_health_package_only(tmp_
     assert all(
         name == "src/appliance/__init__.py" or name.startswith("src/appliance/health/") for name in src
     ), src
-    for left_out in ("tests/unit", "tests/lab", "molecule", "collections", "benchmarks", ".venv", "build"):
+    for left_out in (
+        "tests/unit", "tests/lab", "molecule", "collections", "benchmarks", ".venv", "build",
+        "execution-environment.yml",
+    ):  # fmt: skip
         assert not any(name == left_out or name.startswith(left_out + "/") for name in names), left_out
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
