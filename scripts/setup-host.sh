@@ -18,6 +18,9 @@ command -v go >/dev/null || need+=(golang-go)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# The bundle's apt repository: its Release file by apt-ftparchive, signed with gpg.
+command -v apt-ftparchive >/dev/null || need+=(apt-utils)
+command -v gpg >/dev/null || need+=(gnupg)
 # `bundle build --source upstream` copies images from registries with skopeo.
 command -v skopeo >/dev/null || need+=(skopeo)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -562,6 +562,14 @@ def bundle_build(
             help="Build the execution environment's image into controller/ (needs ansible-builder).",
         ),
     ] = True,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            help="Sign the apt repository with this OpenPGP secret key file (unprotected) instead of the "
+            "key this machine generated (~/.local/state/appliance/bundle-signing/).",
+        ),
+    ] = None,
 ) -> None:
     """Build the offline bundle: binaries, apt repository, images, charts, manifests, the controller."""
     from appliance.bundle import upstream
@@ -569,7 +577,13 @@ def bundle_build(
     if mirror and source != "upstream" and not image:
         raise UsageError("--mirror applies to --source upstream and to site images (--image)")
     _build_bundle(
-        out, source, versions_file, upstream.parse_mirrors(mirror or []), image or [], execution_environment
+        out,
+        source,
+        versions_file,
+        upstream.parse_mirrors(mirror or []),
+        image or [],
+        execution_environment,
+        signing_key,
     )
 
 
@@ -580,6 +594,7 @@ def _build_bundle(
     mirrors: dict[str, str] | None = None,
     extra_images: list[str] | None = None,
     execution_environment: bool = True,
+    signing_key: Path | None = None,
 ) -> None:
     from appliance.bundle import build  # imports the builders only when building
 
@@ -591,6 +606,7 @@ def _build_bundle(
         mirrors=mirrors,
         extra_images=extra_images,
         execution_environment=execution_environment,
+        signing_key=signing_key,
     )
     size = result.size / 2**20
     console.print(

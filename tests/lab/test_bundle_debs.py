@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import debs, versions
+from appliance.bundle import debs, signing, versions
 from appliance.lab import docker, image, nodes
 from tests.conftest import PROJECT
 
@@ -75,7 +75,8 @@ def repository(node_image: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
     ):
         if path.name.split("_")[0] in HELD:
             shutil.copyfile(path, root / path.name)
-    debs.index_repository(root, epoch=debs.source_date_epoch(DATA))
+    key = signing.ensure_default_key(print)  # this machine's bundle signing key, as `bundle build` uses
+    debs.index_repository(root, epoch=debs.source_date_epoch(DATA), key_file=key)
     return root
 
 
@@ -127,10 +128,11 @@ def test_offline_node_installs_kubernetes_and_runtimes_from_the_repository_alone
     update = sh(
         offline_node,
         "rm -f /etc/apt/sources.list.d/* && "
-        "echo 'deb [trusted=yes] file:/bundle/debs ./' > /etc/apt/sources.list && apt-get update",
+        f"echo 'deb [signed-by=/bundle/debs/{signing.KEYRING}] file:/bundle/debs ./' > /etc/apt/sources.list"
+        " && apt-get update",
     )
     assert update.returncode == 0, update.stdout + update.stderr
-    assert "W:" not in update.stderr, update.stderr  # a Release file apt finds complete
+    assert "W:" not in update.stderr, update.stderr  # a Release file apt finds complete, and signed
 
     started = time.monotonic()
     install = sh(

@@ -100,6 +100,33 @@ def test_check_mode_on_the_served_nodes_reports_no_change(served):
     assert changed(summary) == {"cp-1": 0, "worker-1": 0}
 
 
+def test_the_apt_source_trusts_the_bundles_key_alone_and_an_altered_release_fails_on_a_worker(served):
+    """Issue 24: no [trusted=yes]. The source names the bundle's own key (signed-by), so a Release that
+    is not the one `bundle build` signed, here InRelease altered on the serving node, fails apt-get update
+    on the worker; put back, the update works again."""
+    for node, source in (("worker-1", f"http://{CP}:8081/"), ("cp-1", "file:/var/lib/appliance/bundle/debs")):
+        listed = on(node, "cat /etc/apt/sources.list.d/appliance-bundle.list").stdout
+        assert "trusted=yes" not in listed, listed
+        assert f"deb [signed-by=/etc/apt/keyrings/appliance-bundle.gpg] {source} ./" in listed, listed
+    update = (
+        "apt-get update -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/appliance-bundle.list "
+        "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0"
+    )
+    served_release = "/var/lib/appliance/bundle/debs/InRelease"
+    assert on("cp-1", f"cp -p {served_release} /root/InRelease.good").returncode == 0
+    try:
+        altered = on("cp-1", f"sed -i 's/^Architectures: .*/Architectures: amd64 arm64/' {served_release}")
+        assert altered.returncode == 0, altered.stderr
+        refused = on("worker-1", update)
+        assert refused.returncode != 0, refused.stdout
+        assert "signature" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+    finally:
+        on("cp-1", f"cp -p /root/InRelease.good {served_release}")
+    accepted = on("worker-1", update)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "W:" not in accepted.stderr, accepted.stderr
+
+
 def test_a_worker_installs_kubeadm_from_the_bundle_repository(served):
     install = on("worker-1", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubeadm=1.23.5-00")
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr

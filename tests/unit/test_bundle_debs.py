@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bundle import debs, versions
+from appliance.bundle import debs, signing, versions
 from appliance.errors import ApplianceError
 from appliance.lab import docker
 
@@ -383,3 +383,66 @@ def test_download_container_is_removed_when_apt_fails(monkeypatch, tmp_path):
     assert remove == ("rm", "--force", container)
     assert "no-such-package" in run and "conntrack" in run  # kubelet's Depends come along
     assert f"{os.getuid()}:{os.getgid()}" in run  # the files are given to the caller
+
+
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory) -> Path:
+    """A key as `bundle build` generates one (ed25519, unprotected, in the state directory)."""
+    state = tmp_path_factory.mktemp("state")
+    previous = os.environ.get("APPLIANCE_STATE_DIR")
+    os.environ["APPLIANCE_STATE_DIR"] = str(state)
+    try:
+        key = signing.ensure_default_key(lambda line: None)
+        assert signing.ensure_default_key(lambda line: None) == key  # generated once, then reused
+    finally:
+        if previous is None:
+            os.environ.pop("APPLIANCE_STATE_DIR")
+        else:
+            os.environ["APPLIANCE_STATE_DIR"] = previous
+    assert key.stat().st_mode & 0o777 == 0o600
+    return key
+
+
+def gpgv(repository: Path, *files: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["gpgv", "--keyring", str(repository / signing.KEYRING), *(str(repository / f) for f in files)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_a_signed_repository_verifies_with_its_keyring_alone_and_an_altered_release_does_not(
+    repository, signing_key
+):
+    fingerprint = debs.index_repository(repository, epoch=debs.source_date_epoch(DATA), key_file=signing_key)
+    assert fingerprint and len(fingerprint) == 40
+    assert gpgv(repository, "InRelease").returncode == 0
+    assert gpgv(repository, "Release.gpg", "Release").returncode == 0
+    inline = (repository / "InRelease").read_text()
+    assert (repository / "Release").read_text() in inline.replace("\n- ", "\n")
+    (repository / "Release").write_text((repository / "Release").read_text().replace("amd64", "arm64"))
+    assert gpgv(repository, "Release.gpg", "Release").returncode != 0
+
+
+def test_the_signatures_are_reproducible(repository, signing_key):
+    epoch = debs.source_date_epoch(DATA)
+    debs.index_repository(repository, epoch=epoch, key_file=signing_key)
+    names = ("Release", "InRelease", "Release.gpg", signing.KEYRING)
+    before = {name: (repository / name).read_bytes() for name in names}
+    debs.index_repository(repository, epoch=epoch, key_file=signing_key)
+    assert {name: (repository / name).read_bytes() for name in names} == before
+
+
+def test_an_unsigned_index_leaves_no_stale_signature(repository, signing_key):
+    debs.index_repository(repository, epoch=debs.source_date_epoch(DATA), key_file=signing_key)
+    assert debs.index_repository(repository, epoch=debs.source_date_epoch(DATA)) is None
+    assert not any((repository / name).exists() for name in ("InRelease", "Release.gpg", signing.KEYRING))
+
+
+def test_a_signing_key_file_without_a_secret_key_is_refused(repository, tmp_path, signing_key):
+    debs.index_repository(repository, epoch=0, key_file=signing_key)
+    public = tmp_path / "public.gpg"
+    public.write_bytes((repository / signing.KEYRING).read_bytes())
+    with pytest.raises(ApplianceError, match="secret signing keys"):
+        debs.index_repository(repository, epoch=0, key_file=public)
+    with pytest.raises(ApplianceError, match="no such file"):
+        debs.index_repository(repository, epoch=0, key_file=tmp_path / "missing.asc")

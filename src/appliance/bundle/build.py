@@ -6,7 +6,8 @@ Layout (stable; manifest.json lists every file with its component, version, size
                  etcdctl, etcdutl (etcd's tools, for the control-plane nodes; no package holds them)
     debs/        an apt repository: the Kubernetes packages as the former upstream repository shipped
                  them, and the OS packages (docker.io, containerd, docker-registry, ...) with the
-                 dependencies a minimal install lacks; Packages, Packages.gz, Release
+                 dependencies a minimal install lacks; Packages, Packages.gz, Release, signed (InRelease,
+                 Release.gpg) by the key appliance-archive-keyring.gpg holds (signing.py)
     images/      one `docker save` archive per image, tagged with its exact upstream name
     charts/      Helm charts (.tgz)
     manifests/   Kubernetes manifests (kube-flannel.yml)
@@ -35,7 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from appliance import paths
-from appliance.bundle import controller, debs, ee, gobuild, images, manifest, site_images, upstream, versions
+from appliance.bundle import (
+    controller,
+    debs,
+    ee,
+    gobuild,
+    images,
+    manifest,
+    signing,
+    site_images,
+    upstream,
+    versions,
+)
 from appliance.errors import ApplianceError, UsageError
 from appliance.lab import image as node_image
 
@@ -69,12 +81,14 @@ def build_bundle(
     mirrors: dict[str, str] | None = None,
     extra_images: list[str] | None = None,
     execution_environment: bool = True,
+    signing_key: Path | None = None,
 ) -> BuildResult:
     """Build the bundle into OUT (replacing a bundle there, refusing any other non-empty directory).
 
     SOURCE is `build` (from source) or `upstream` (downloaded, see upstream.py, through MIRRORS);
     VERSIONS_PATH replaces the project's versions.yml; EXTRA_IMAGES (`--image`) add to versions.yml's
-    bundle_extra_images (site_images.py). EXECUTION_ENVIRONMENT false leaves controller/'s image out."""
+    bundle_extra_images (site_images.py). EXECUTION_ENVIRONMENT false leaves controller/'s image out;
+    SIGNING_KEY signs the apt repository instead of this machine's own key (signing.py)."""
     if source not in SOURCES:
         raise UsageError(f"--source {source}: this toolkit builds bundles from: {', '.join(SOURCES)}")
     out = out.resolve()
@@ -95,7 +109,7 @@ def build_bundle(
     staging.mkdir(parents=True)
     try:
         fetcher = upstream.Fetcher(data, mirrors or {}, log) if source == "upstream" else None
-        owners = _assemble(staging, data, project, fetcher, log)
+        owners = _assemble(staging, data, project, fetcher, log, signing_key)
         if execution_environment:
             owners.update(_execution_environment(staging, project, log))
         owners.update(_site_images(staging, site, data, mirrors or {}, log))
@@ -123,6 +137,7 @@ def _assemble(
     project: Path,
     fetcher: upstream.Fetcher | None,
     log: Callable[[str], None],
+    signing_key: Path | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Put every artifact under ROOT, built from source or, with FETCHER, downloaded from upstream;
     return which component owns each file (or directory prefix)."""
@@ -150,7 +165,9 @@ def _assemble(
     for deb in (_copy(package, debs_dir / package.name) for package in packages):
         package, version = deb.name.split("_")[:2]
         owners[f"debs/{deb.name}"] = (package, version)
-    debs.index_repository(debs_dir, epoch=debs.source_date_epoch(data))
+    key_file = signing_key or signing.ensure_default_key(log)
+    fingerprint = debs.index_repository(debs_dir, epoch=debs.source_date_epoch(data), key_file=key_file)
+    log(f"debs: the repository is signed by {fingerprint} ({key_file})")
     owners["debs/"] = ("apt-repository", data["kubernetes"]["deb_version"])
 
     images_dir = root / "images"

@@ -28,6 +28,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from appliance.bundle import signing
 from appliance.errors import ApplianceError
 from appliance.lab import docker
 
@@ -424,18 +425,19 @@ def _control_fields(deb: Path) -> dict[str, str]:
     return fields
 
 
-def index_repository(debs_dir: Path, *, epoch: int = 0) -> None:
+def index_repository(debs_dir: Path, *, epoch: int = 0, key_file: Path | None = None) -> str | None:
     """Write Packages, Packages.gz and Release beside the .debs of DEBS_DIR, making it a flat apt
-    repository: `deb [trusted=yes] file:/path/to/debs ./` (or an http:// URL of it).
+    repository, and with KEY_FILE sign it (signing.py: InRelease, Release.gpg and the public key
+    appliance-archive-keyring.gpg, which nodes name in `deb [signed-by=KEYRING] URL ./`); return the
+    signing key's fingerprint, or None unsigned.
 
-    EPOCH (seconds, e.g. source_date_epoch(data)) is the Release file's Date: the index holds no other
-    time and lists the packages by file name, so the same .debs always give the same bytes.
+    EPOCH (seconds, e.g. source_date_epoch(data)) is the Release file's Date and the signatures' time: the
+    index holds no other time and lists the packages by file name, so the same .debs and key always give
+    the same bytes.
     """
-    # Written here rather than by dpkg-scanpackages or apt-ftparchive: those come with dpkg-dev and
-    # apt-utils, which a bundle-building host need not have (`make setup` installs neither), while
-    # dpkg-deb comes with dpkg on every Debian host and already builds the kube debs. A Packages entry
-    # is the package's control paragraph as `dpkg-deb --field` prints it, plus its file name, size and
-    # checksums (tests/unit/test_bundle_debs.py compares with dpkg-scanpackages where it is installed).
+    # The Packages entries are written here: a package's control paragraph as `dpkg-deb --field` prints
+    # it, plus its file name, size and checksums, in file-name order (tests/unit/test_bundle_debs.py
+    # compares with dpkg-scanpackages). Release is apt-ftparchive's, from Debian's apt-utils.
     debs = sorted(debs_dir.glob("*.deb"))
     if not debs:
         raise ApplianceError(f"{debs_dir} holds no .deb to index")
@@ -452,23 +454,38 @@ def index_repository(debs_dir: Path, *, epoch: int = 0) -> None:
         )
     packages = "\n".join(paragraphs).encode()
     indexes = {"Packages": packages, "Packages.gz": gzip.compress(packages, compresslevel=9, mtime=0)}
+    for name in ("Release", "InRelease", "Release.gpg", signing.KEYRING):
+        (debs_dir / name).unlink(missing_ok=True)
     for name, content in indexes.items():
         (debs_dir / name).write_bytes(content)
-    (debs_dir / "Release").write_text(_release(indexes, sorted(architectures), epoch))
+    (debs_dir / "Release").write_bytes(_release(debs_dir, sorted(architectures), epoch))
+    return signing.sign_repository(debs_dir, key_file, epoch) if key_file else None
 
 
-def _release(indexes: dict[str, bytes], architectures: list[str], epoch: int) -> str:
-    lines = [
-        "Origin: appliance",
-        "Label: appliance offline bundle",
-        f"Architectures: {' '.join(architectures)}",
-        f"Date: {email.utils.formatdate(epoch, usegmt=True)}",
-        "Description: packages of an appliance's offline bundle, for apt with [trusted=yes]",
+RELEASE_FIELDS = {
+    "Origin": "appliance",
+    "Label": "appliance offline bundle",
+    "Description": "packages of an appliance's offline bundle",
+}
+
+
+def _release(debs_dir: Path, architectures: list[str], epoch: int) -> bytes:
+    """`apt-ftparchive release` of DEBS_DIR (it lists Packages and Packages.gz with their checksums)."""
+    if shutil.which("apt-ftparchive") is None:
+        raise ApplianceError("apt-ftparchive is not installed; run `make setup` (Debian's apt-utils)")
+    fields = {
+        **RELEASE_FIELDS,
+        "Architectures": " ".join(architectures),
+        "Date": email.utils.formatdate(epoch, usegmt=True),
+    }
+    options = [
+        arg for field, value in fields.items() for arg in ("-o", f"APT::FTPArchive::Release::{field}={value}")
     ]
-    for field, algorithm in (("MD5Sum", "md5"), ("SHA1", "sha1"), ("SHA256", "sha256")):
-        lines.append(f"{field}:")
-        lines += [
-            f" {hashlib.new(algorithm, content).hexdigest()} {len(content):>16} {name}"
-            for name, content in indexes.items()
-        ]
-    return "\n".join(lines) + "\n"
+    result = subprocess.run(
+        ["apt-ftparchive", *options, "release", "."], cwd=debs_dir, capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        raise ApplianceError(
+            f"apt-ftparchive release failed: {result.stderr.decode(errors='replace').strip()}"
+        )
+    return result.stdout
