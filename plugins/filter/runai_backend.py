@@ -20,7 +20,7 @@ options:
     description:
       - A dict with C(tarball), C(tarball_stat), C(tarball_read), C(tarball_lines), C(tarball_sha256),
         C(version), C(domain), C(external_ips), C(tls_generate), C(cert_file), C(key_file), C(ca_file),
-        C(tls_stat), C(nfs_server),
+        C(tls_stat), C(nfs_server), C(require_sha256) (the tarball's sha256 must be given),
         C(nfs_path), C(storage_class), C(local_storage_path), C(admin_password).
     type: dict
     required: true
@@ -56,6 +56,12 @@ def tarball_problems(facts: dict) -> list[str]:
             " a .tar.gz."
         ]
     checksum, expected = lines[0], (facts.get("tarball_sha256") or "").lower()
+    if not expected and facts.get("require_sha256"):
+        return [
+            "runai_airgapped_tar_sha256 is not set: name the Run:ai tarball by its sha256, as Run:ai"
+            f" published it with the download (`sha256sum {facts.get('tarball')}` on the machine it was"
+            " downloaded to prints the file's), in the inventory."
+        ]
     if expected and checksum != expected:
         return [
             f"The Run:ai tarball has sha256 {checksum}, not {facts.get('tarball_sha256')}"

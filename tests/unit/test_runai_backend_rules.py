@@ -34,7 +34,14 @@ GOOD = {
 
 def test_good_settings_and_tarball_have_no_problem():
     assert problems(GOOD) == []
-    assert problems({**GOOD, "tarball_sha256": ""}) == []  # the pin is optional
+    assert problems({**GOOD, "tarball_sha256": ""}) == []  # the pin is optional in the lab
+    assert problems({**GOOD, "require_sha256": True}) == []
+
+
+def test_outside_the_lab_the_tarball_must_be_pinned_and_the_message_names_the_command():
+    (problem,) = problems({**GOOD, "tarball_sha256": "", "require_sha256": True})
+    assert problem.startswith("runai_airgapped_tar_sha256 is not set")
+    assert "`sha256sum /srv/runai-airgapped-2.9.0.tar.gz`" in problem
 
 
 @pytest.mark.parametrize(
