@@ -365,3 +365,22 @@ def test_check_mode_stops_the_same_way(broken):
     strip = [line for line in run["report"].read_text().splitlines() if not line.startswith("Written:")]
     again = [line for line in check["report"].read_text().splitlines() if not line.startswith("Written:")]
     assert again == strip
+
+
+def test_outside_the_lab_an_unpinned_or_malformed_bundle_pin_stops_the_run_naming_the_command(lab):
+    """Issue 24: outside the lab (appliance_require_pins, which only the lab's inventory turns off) the
+    bundle must be named by its manifest's sha256; validate.yml refuses a run without it, with the command
+    that prints it, and a value that is not a sha256, before any change."""
+    result, summary = run_playbook(LAB_ENV, "playbooks/validate.yml", "-e", "appliance_require_pins=true")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    (failure,) = {one_line(failure["message"]) for failure in summary["failures"]}
+    assert failure.startswith("appliance_bundle_manifest_sha256 is not set"), failure
+    assert "sha256sum OUT/manifest.json" in failure and "Nothing was changed." in failure
+    assert set(changed(summary).values()) == {0}
+    result, summary = run_playbook(
+        LAB_ENV, "playbooks/validate.yml", "-e", "appliance_require_pins=true",
+        "-e", "appliance_bundle_manifest_sha256=ABC123",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    (failure,) = {one_line(failure["message"]) for failure in summary["failures"]}
+    assert 'appliance_bundle_manifest_sha256="ABC123" is not a sha256' in failure, failure
