@@ -177,6 +177,29 @@ def test_every_gpu_worker_reports_gpu_healthy_and_the_controller_serves_its_brea
     assert "secret/appliance-gpu-health-controller-token\n" not in secrets
 
 
+CAP_SYS_ADMIN, CAP_SYSLOG = 21, 34
+
+
+def test_the_gpu_health_services_run_sandboxed_with_the_narrowest_capabilities():
+    """Issue 24: the agent (kernel log, nvidia-smi, a GPU reset or reboot on the controller's instruction)
+    keeps CAP_SYSLOG and CAP_SYS_ADMIN alone, the controller (the API server only) none; both see a
+    read-only file system. The remediation tests below prove the agent still does its work so."""
+    for node, unit, capabilities in (
+        ("worker-1", "appliance-gpu-health-agent", (1 << CAP_SYSLOG) | (1 << CAP_SYS_ADMIN)),
+        ("cp-1", "appliance-gpu-health-controller", 0),
+    ):
+        pid = on(node, f"systemctl show --property MainPID --value {unit}").strip()
+        assert pid not in ("", "0"), f"{unit} is not running on {node}"
+        status = on(node, f"cat /proc/{pid}/status")
+        bounding = next(line.split()[1] for line in status.splitlines() if line.startswith("CapBnd:"))
+        assert int(bounding, 16) == capabilities, (unit, bounding)
+        probe = on(
+            node, f"nsenter --target {pid} --mount sh -c 'touch /etc/appliance-sandbox-probe 2>&1; true'"
+        )
+        assert "Read-only file system" in probe, (unit, probe)
+        assert on(node, "ls /etc/appliance-sandbox-probe 2>/dev/null || true") == ""
+
+
 def test_an_xid_79_line_puts_gpu_healthy_false_and_the_taint_on_the_node_and_survives_an_agent_restart():
     feed("worker-1", "usb 1-1: new high-speed USB device number 2 using xhci_hcd", XID79)
     wait_for(lambda: fault_taint("worker-1") == "reboot:NoSchedule", 30, "the fault taint on worker-1")
