@@ -55,6 +55,25 @@ if [ ! -x "$promtool" ]; then
   rm -rf "$work"
 fi
 
+# kube-bench (the CIS Kubernetes Benchmark), for the lab tier: built from its source in ../shared/upstream
+# (Apache-2.0; the module proxy refuses it, its Go dependencies come from the proxy), with its cfg/ beside
+# it, once per source. The build takes about 3 minutes and leaves the shared source as it is.
+kube_bench_src=../shared/upstream/kube-bench-a73ce37
+kube_bench_out=$HOME/.cache/appliance/kube-bench/a73ce37
+if [ -d "$kube_bench_src" ] && [ ! -x "$kube_bench_out/kube-bench" ]; then
+  echo "setup: building kube-bench from $kube_bench_src (about 3 minutes)"
+  work=$(mktemp -d)
+  cp -r "$kube_bench_src/." "$work"
+  (cd "$work" && GOFLAGS=-mod=mod GOTOOLCHAIN=local GOMODCACHE=$HOME/.cache/appliance/go/pkg/mod \
+    GOCACHE=$HOME/.cache/appliance/go/cache go build -trimpath \
+    -ldflags "-s -w -X github.com/aquasecurity/kube-bench/cmd.KubeBenchVersion=a73ce37" -o kube-bench .)
+  mkdir -p "$kube_bench_out"
+  rm -rf "$kube_bench_out/cfg"
+  cp -r "$work/cfg" "$kube_bench_out/cfg"
+  install -m 0755 "$work/kube-bench" "$kube_bench_out/kube-bench"
+  rm -rf "$work"
+fi
+
 # A docker engine: the system's service where systemd runs it, else dockerd in the background
 # (machines of this kind boot without an engine and without systemd as PID 1).
 if ! docker info >/dev/null 2>&1; then
