@@ -2,10 +2,11 @@
 # TEST STAND-IN for nvidia-smi (tests/lab/test_gpu_health.py, benchmarks/health.py): no GPUs here. It answers the
 # queries the appliance makes: preflight's (-L), appliance top's, the remapped-rows query, and the agent's and
 # QA check's;
-# a GPU reset (-r) is recorded in /var/log/nvidia-smi-resets.log and succeeds.
+# a GPU reset (-r) is recorded in the journal (tag nvidia-smi-reset: the agent that asks for it runs sandboxed,
+# on a read-only file system) and succeeds.
 case "$*" in
   "-r"|"-r -i "*)
-    echo "$*" >> /var/log/nvidia-smi-resets.log; echo "GPU 00000000:1A:00.0 was successfully reset." ;;
+    logger -t nvidia-smi-reset -- "$*"; echo "GPU 00000000:1A:00.0 was successfully reset." ;;
   "-L") echo "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b)" ;;
   *utilization.gpu*)
     echo "0, GPU-5f6c1b2a-3d4e-4f50-8a9b-0c1d2e3f4a5b, NVIDIA A100-SXM4-80GB, 535.104.05, 37, 20480, 81920" ;;

@@ -520,13 +520,14 @@ def test_a_failed_row_remapping_and_a_hung_driver_isolate_with_their_reasons_on_
 
 
 # DCGM's health watches (issue 22): a STAND-IN dcgmi, no GPU and no host engine here. It answers
-# `health --set` (noted in /var/log/dcgmi.log), `health --check --json` with the report in
+# `health --set` (noted in the journal, tag dcgmi-stand-in: the agent runs sandboxed, on a read-only file
+# system), `health --check --json` with the report in
 # /var/lib/dcgmi-health.json (recorded in DCGM's format: tests/unit/fixtures/dcgmi), or as dcgmi does with no
 # host engine where there is none, and `diag -r 1` (re-admission's QA) passing, or failing where
 # /var/lib/dcgmi-diag-fails exists.
 FAKE_DCGMI = """#!/bin/sh
 # TEST STAND-IN for dcgmi (tests/lab/test_gpu_health.py): no GPU, no DCGM host engine.
-echo "$*" >> /var/log/dcgmi.log
+logger -t dcgmi-stand-in -- "$*"
 case "$*" in
   "health --set "*) echo "Health monitor systems set successfully." ;;
   "health --check --json")
@@ -554,7 +555,10 @@ def dcgm_reports(node: str, report: str | None) -> None:
 
 def test_dcgm_health_watches_isolate_with_their_reason_and_dcgm_away_is_only_a_metric():
     answer_with("worker-1", "health-dgx-a100-ok.csv", "remapped-rows-ok.csv")  # 8 GPUs: DCGM ids name them
-    on("worker-1", f"cat > /usr/local/bin/dcgmi <<'EOF'\n{FAKE_DCGMI}EOF\nchmod 0755 /usr/local/bin/dcgmi")
+    installed = on(
+        "worker-1",
+        f"cat > /usr/local/bin/dcgmi <<'EOF'\n{FAKE_DCGMI}EOF\nchmod 0755 /usr/local/bin/dcgmi; date +%s",
+    ).strip()
     try:
         # No host engine: DCGM's check is down, which is a metric and a journal line, never a fault.
         dcgm_reports("worker-1", None)
@@ -577,7 +581,9 @@ def test_dcgm_health_watches_isolate_with_their_reason_and_dcgm_away_is_only_a_m
             'appliance_gpu_finding{node="worker-1",gpu="00000000:47:00.0",reason="DCGMMemoryFailure",'
             'action="reset-gpu"} 1' in served
         )
-        calls = on("worker-1", "cat /var/log/dcgmi.log").splitlines()
+        calls = on(
+            "worker-1", f"journalctl --sync; journalctl -t dcgmi-stand-in -o cat --since @{installed}"
+        ).splitlines()
         assert calls[:2] == ["health --set a", "health --check --json"], calls  # the watches turned on first
 
         # Re-admission's QA runs dcgmi diag -r 1 where dcgmi is installed: a failing one refuses the node.
@@ -680,7 +686,7 @@ def annotations(node: str) -> dict[str, str]:
 
 def resets(node: str) -> list[str]:
     """The GPU resets the nvidia-smi stand-in on NODE was asked for (its arguments, one reset a line)."""
-    return on(node, "cat /var/log/nvidia-smi-resets.log 2>/dev/null || true").splitlines()
+    return on(node, "journalctl --sync; journalctl -t nvidia-smi-reset -o cat || true").splitlines()
 
 
 def status_row(node: str) -> str:
