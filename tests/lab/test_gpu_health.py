@@ -582,7 +582,7 @@ def test_dcgm_health_watches_isolate_with_their_reason_and_dcgm_away_is_only_a_m
             'action="reset-gpu"} 1' in served
         )
         calls = on(
-            "worker-1", f"journalctl --sync; journalctl -t dcgmi-stand-in -o cat --since @{installed}"
+            "worker-1", f"journalctl --sync; journalctl --quiet -t dcgmi-stand-in -o cat --since @{installed}"
         ).splitlines()
         assert calls[:2] == ["health --set a", "health --check --json"], calls  # the watches turned on first
 
@@ -686,7 +686,7 @@ def annotations(node: str) -> dict[str, str]:
 
 def resets(node: str) -> list[str]:
     """The GPU resets the nvidia-smi stand-in on NODE was asked for (its arguments, one reset a line)."""
-    return on(node, "journalctl --sync; journalctl -t nvidia-smi-reset -o cat || true").splitlines()
+    return on(node, "journalctl --sync; journalctl --quiet -t nvidia-smi-reset -o cat || true").splitlines()
 
 
 def status_row(node: str) -> str:
@@ -738,7 +738,10 @@ def test_with_auto_remediation_an_xid_79_node_is_drained_rebooted_checked_and_re
     assert all(reason in latest for reason in LOOP), latest
     times = [latest[reason] for reason in LOOP]
     assert times == sorted(times), dict(zip(LOOP, times, strict=True))
-    assert "remediating" in seen_steps, seen_steps  # health status showed the steps while they happened
+    # health status showed the loop's steps while they happened. Which ones it caught depends on timing: a
+    # lab node reboots in about a second, so "remediating" can be shorter than one `health status` call
+    # (a CI run saw draining and confirmed only); the Events above prove every step, in order.
+    assert seen_steps, "health status never showed a step of the remediation"
     kubectl("uncordon", "worker-1")
     lab_kubectl(LAB_ENV, "delete", "deployment", "victim")
 
