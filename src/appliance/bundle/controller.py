@@ -109,12 +109,21 @@ def runtime_requirements(project: Path) -> list[str]:
 
 def dependency_wheels(project: Path, log: Callable[[str], None]) -> list[Path]:
     """Wheels of every package the toolkit runs with, and of pip, downloaded once per pin set."""
-    requirements = sorted([*runtime_requirements(project), PIP])
+    return download_wheels(
+        project, sorted([*runtime_requirements(project), PIP]), "controller-wheels", "controller", log
+    )
+
+
+def download_wheels(
+    project: Path, requirements: list[str], cache_name: str, who: str, log: Callable[[str], None]
+) -> list[Path]:
+    """Wheels of REQUIREMENTS and their dependencies for this Python (Debian 12's python3), pinned by the
+    project's constraints.txt, downloaded once per pin set into ~/.cache/appliance/bundle/CACHE_NAME."""
     constraints = (project / "constraints.txt").read_text()
     key = _digest(json.dumps({"requirements": requirements, "constraints": constraints, "tag": PYTHON_TAG}))
-    cache = paths.cache_dir() / "bundle" / "controller-wheels" / key
+    cache = paths.cache_dir() / "bundle" / cache_name / key
     if not (cache / ".complete").exists():
-        log(f"controller: downloading the wheels of {len(requirements)} requirements and their dependencies")
+        log(f"{who}: downloading the wheels of {len(requirements)} requirements and their dependencies")
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
         python_tag_check()
@@ -124,7 +133,7 @@ def dependency_wheels(project: Path, log: Callable[[str], None]) -> list[Path]:
             _run(
                 [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                  "--only-binary=:all:", "--dest", str(cache), "--constraint", pins.name, *requirements],
-                "pip download",
+                f"pip download ({who})",
             )  # fmt: skip
         (cache / ".complete").touch()
     return sorted(cache.glob("*.whl"))

@@ -87,29 +87,11 @@ def pip_requirements(project: Path) -> list[str]:
 
 
 def wheels(project: Path, log: Log) -> list[Path]:
-    """The wheels of pip_requirements and their dependencies for Debian 12's python3 (CPython 3.11 on
-    x86_64), pinned by constraints.txt, downloaded once per pin set."""
-    requirements = pip_requirements(project)
-    constraints = (project / "constraints.txt").read_text()
-    key = hashlib.sha256(
-        json.dumps({"requirements": requirements, "constraints": constraints}).encode()
-    ).hexdigest()[:16]
-    cache = paths.cache_dir() / "bundle" / "ee-wheels" / key
-    if not (cache / ".complete").exists():
-        log(f"execution environment: downloading the wheels of {len(requirements)} requirements")
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.mkdir(parents=True)
-        controller.python_tag_check()  # the wheels are this Python's: Debian 12's python3 is the same
-        with tempfile.NamedTemporaryFile("w", suffix=".txt") as pins:
-            pins.write(constraints)
-            pins.flush()
-            _run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                 "--only-binary=:all:", "--dest", str(cache), "--constraint", pins.name, *requirements],
-                "pip download (execution environment)",
-            )  # fmt: skip
-        (cache / ".complete").touch()
-    return sorted(cache.glob("*.whl"))
+    """The wheels of pip_requirements and their dependencies, pinned by constraints.txt, downloaded once
+    per pin set (the controller's wheels are this Python's; Debian 12's python3 in the image is the same)."""
+    return controller.download_wheels(
+        project, pip_requirements(project), "ee-wheels", "execution environment", log
+    )
 
 
 def stage(project: Path, collections: list[Path], wheel_files: list[Path], into: Path) -> None:
