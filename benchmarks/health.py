@@ -173,6 +173,13 @@ def measure_agent(seconds: float) -> tuple[tuple[float, int], tuple[float, int],
     return idle, ((cpu2 - cpu1) / seconds, rss_busy), written, read
 
 
+def this_rounds_fault(node: dict, since: float) -> bool:
+    """Whether worker-1's GPUHealthy=False is the fault of a round that began at SINCE (epoch seconds): the
+    previous round left the condition True with reason Remediated, which must not count for this one."""
+    fault = nodeapi.fault_of(node)
+    return fault is not None and (nodeapi.parse_time(fault.since) or 0) >= int(since)
+
+
 def loop_step(node: dict) -> str | None:
     """How far worker-1's remediation has come, as the Node object shows it."""
     condition = next((c for c in node["status"].get("conditions") or [] if c.get("type") == "GPUHealthy"), {})
@@ -197,15 +204,20 @@ def measure_loop(client: Client, rounds: int) -> list[dict[str, float]]:
         patch = {"metadata": {"annotations": {loop.HISTORY: None}}}
         client.patch("/api/v1/nodes/worker-1", patch, "merge")
         seen: dict[str, float] = {}
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         on("worker-1", f"echo {XID79!r} >> {FEED}")
+        faulted = False  # until this round's fault is on the node, what it shows is the last round's
         while "readmitted" not in seen:
             if time.monotonic() - started > 900:
                 sys.exit(f"worker-1 not re-admitted within 900 s; steps seen: {seen}")
             try:
-                step = loop_step(nodeapi.get_node(client, "worker-1"))
+                node = nodeapi.get_node(client, "worker-1")
+                faulted = faulted or this_rounds_fault(node, began)
+                step = loop_step(node) if faulted else None
             except OSError:
                 step = None  # the API server briefly unreachable
+            if not faulted and time.monotonic() - started > 30:
+                sys.exit("the Xid 79 line did not set GPUHealthy=False on worker-1 within 30 s")
             if step is not None:
                 for passed in STEPS[
                     : STEPS.index(step) + 1
