@@ -46,6 +46,20 @@ def run_playbook(
         return result, {}
 
 
+def changed_tasks(summary: dict) -> dict[str, set[str]]:
+    """The tasks that reported a change ("role : task", as ansible prints them), by host, from the
+    ansible-runner events of the run that printed SUMMARY (`--json`; its "log" is the run's stdout, kept
+    beside job_events/)."""
+    changed: dict[str, set[str]] = {}
+    for path in (Path(summary["log"]).parent / "job_events").glob("*.json"):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("res", {}).get("changed"):
+            task = f"{data['role']} : {data['task']}" if data.get("role") else data["task"]
+            changed.setdefault(data["host"], set()).add(task)
+    return changed
+
+
 BUNDLE_KUBECTL = Path.home() / ".local/state/appliance/bundle/bin/kubectl"
 
 

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from appliance.lab import kube_bench
-from tests.conftest import SITE_IMAGE, build_lab_bundle, lab_kubectl, run_cli, run_playbook
+from tests.conftest import SITE_IMAGE, build_lab_bundle, changed_tasks, lab_kubectl, run_cli, run_playbook
 
 pytestmark = pytest.mark.lab
 
@@ -180,8 +180,8 @@ def test_a_second_run_changes_nothing(converged):
 # cluster configuration lands (docs/hardening.md says what each is and how it will be met). Any other FAIL
 # is a regression; each one fixed is taken off this list.
 NOT_YET_HARDENED = {
-    "cp-1": ["1.1.12", "1.2.6", "1.2.18", "1.2.19", "1.2.20", "1.2.21", "1.2.22", "1.3.2", "1.4.1", "4.2.6"],
-    "worker-1": ["4.2.6"],
+    "cp-1": ["1.1.12", "1.2.6"],
+    "worker-1": [],
 }
 
 
@@ -197,3 +197,117 @@ def test_kube_bench_cis_1_23_fails_only_the_checks_not_yet_hardened(converged):
         assert all(sum(target.counts.values()) > 0 for target in summary.values()), summary
         failed = [check for target in targets for check in summary[target].failed]
         assert failed == NOT_YET_HARDENED[node], (node, failed)
+
+
+# What a run changes when appliance_kubelet_protect_kernel_defaults flips: the kernel parameters' file
+# (role prereqs), kubeadm's configuration file and the cluster's KubeletConfiguration (cp-1), and each
+# node's kubelet, one at a time.
+KUBELET_FLIP = {
+    "cp-1": {
+        "prereqs : Write the kernel parameters for boot",
+        "prereqs : Set the kernel parameters now",
+        "kube_control_plane : Render the kubeadm configuration",
+        "kube_control_plane : Upload the kubelet configuration, changed in protectKernelDefaults",
+        "kube_node : Write the cluster's kubelet configuration on this node",
+        "kube_node : Restart the kubelet with it",
+    },
+    "worker-1": {
+        "prereqs : Write the kernel parameters for boot",
+        "prereqs : Set the kernel parameters now",
+        "kube_node : Write the cluster's kubelet configuration on this node",
+        "kube_node : Restart the kubelet with it",
+    },
+}
+
+
+def kubelet_protects(node: str) -> bool:
+    """protectKernelDefaults in the node's kubelet configuration file (kubeadm leaves false out)."""
+    lines = on(node, "cat /var/lib/kubelet/config.yaml").stdout.splitlines()
+    value = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("protectKernelDefaults:")), None
+    )
+    return value == "true"
+
+
+def test_a_re_run_that_turns_protect_kernel_defaults_off_changes_the_kubelets_and_nothing_else(converged):
+    """Hardening default (issue 24): on by default, and a re-run with it off applies that to the running
+    cluster (the ConfigMap, each node's file, each kubelet restarted and healthy) and changes nothing else;
+    the next run with it off changes nothing; a run with it on again puts it back."""
+    assert {node: kubelet_protects(node) for node in NODES} == dict.fromkeys(NODES, True)
+    # Off, off again (nothing left to change: kubeadm stores false as no key), then on again.
+    for protect, expected in ((False, KUBELET_FLIP), (False, {}), (True, KUBELET_FLIP)):
+        result, summary = site("-e", f"appliance_kubelet_protect_kernel_defaults={str(protect).lower()}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+        changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
+        assert changed == expected, (protect, changed)
+        assert {node: kubelet_protects(node) for node in NODES} == dict.fromkeys(NODES, protect)
+        configmap = kubectl(
+            "-n", "kube-system", "get", "configmap", "kubelet-config-1.23", "-o", "jsonpath={.data.kubelet}"
+        )
+        assert ("protectKernelDefaults: true" in configmap) == protect, configmap
+        for node in NODES:
+            assert on(node, "curl -sf http://127.0.0.1:10248/healthz").stdout == "ok", node
+            sysctl = on(node, "cat /etc/sysctl.d/k8s.conf").stdout
+            assert ("vm.overcommit_memory = 1" in sysctl) == protect, (node, sysctl)
+    ready = kube_json("get", "nodes")["items"]
+    assert all(
+        next(c for c in n["status"]["conditions"] if c["type"] == "Ready")["status"] == "True" for n in ready
+    )
+
+
+# What a run changes when kube_control_plane_profiling flips: kubeadm's configuration file, the three
+# manifests that carry --profiling (one at a time, each waited on), and the stored ClusterConfiguration.
+PROFILING_FLIP = {
+    "cp-1": {
+        "kube_control_plane : Render the kubeadm configuration",
+        "kube_control_plane : Write the manifest with kubeadm for kube-apiserver",
+        "kube_control_plane : Write the manifest with kubeadm for kube-controller-manager",
+        "kube_control_plane : Write the manifest with kubeadm for kube-scheduler",
+        "kube_control_plane : Store the ClusterConfiguration, changed in apiServer.extraArgs, "
+        "controllerManager.extraArgs, scheduler.extraArgs",
+    }
+}
+
+
+def control_plane_flags(component: str) -> list[str]:
+    pod = kube_json("-n", "kube-system", "get", "pod", f"{component}-cp-1")
+    return [arg for arg in pod["spec"]["containers"][0]["command"] if arg.startswith("--")]
+
+
+def test_a_re_run_that_turns_profiling_on_rewrites_three_manifests_the_kubeadm_way_and_nothing_else(
+    converged,
+):
+    """Hardening default (issue 24): --profiling=false on the API server, controller-manager and scheduler,
+    and the audit log, from kubeadm's ClusterConfiguration. A re-run with profiling on has kubeadm write
+    those three manifests again (etcd's is the same), each running and ready before the next; the stored
+    ClusterConfiguration follows, so `kubeadm upgrade` keeps it."""
+    components = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    for component in components:
+        assert "--profiling=false" in control_plane_flags(component), component
+    audit = control_plane_flags("kube-apiserver")
+    assert "--audit-log-path=/var/log/kubernetes/audit/audit.log" in audit, audit
+    assert "--tls-min-version=VersionTLS12" in audit, audit
+    assert (
+        on("cp-1", "test -s /var/log/kubernetes/audit/audit.log && echo written").stdout.strip() == "written"
+    )
+    etcd_before = on("cp-1", "cat /etc/kubernetes/manifests/etcd.yaml").stdout
+    # One run, profiling on (its hardening off): the way back is the same code (test above: both ways).
+    result, summary = site("-e", "kube_control_plane_profiling=true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
+    assert changed == PROFILING_FLIP, changed
+    for component in components:
+        assert "--profiling=false" not in control_plane_flags(component), component
+    assert "--audit-log-path=/var/log/kubernetes/audit/audit.log" in control_plane_flags("kube-apiserver")
+    stored = kubectl(
+        "-n",
+        "kube-system",
+        "get",
+        "configmap",
+        "kubeadm-config",
+        "-o",
+        "jsonpath={.data.ClusterConfiguration}",
+    )
+    assert "profiling" not in stored and "audit-log-maxage" in stored, stored
+    assert on("cp-1", "cat /etc/kubernetes/manifests/etcd.yaml").stdout == etcd_before
+    assert on("cp-1", "ls /etc/kubernetes/tmp 2>/dev/null | grep -c dryrun || true").stdout.strip() == "0"
