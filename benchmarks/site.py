@@ -38,8 +38,6 @@ from pathlib import Path
 
 import yaml
 
-from appliance import health_package
-
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LAB = "benchsite"
@@ -75,7 +73,12 @@ GPU_HEALTH_CONTROLLER = [
     "/etc/systemd/system/appliance-gpu-health-controller.service",
 ]
 # The package the agent and the controller run: this machine's own, as role gpu_health copies it.
-# The files role gpu_health ships (appliance.health_package), with the top package's __init__.py.
+# The files role gpu_health ships: lookup appliance.runai.health_package (plugins/lookup), loaded by path.
+_lookup = importlib.util.spec_from_file_location(
+    "health_package", PROJECT / "plugins/lookup/health_package.py"
+)
+health_package = importlib.util.module_from_spec(_lookup)
+_lookup.loader.exec_module(health_package)
 PACKAGE = health_package.describe()
 PACKAGE_ROOT = Path(PACKAGE["root"])
 PACKAGE_MEMBERS = PACKAGE["members"]
@@ -110,11 +113,11 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_bootstrap() -> tuple[float, dict[str, int], float]:
-    """Seconds, changed tasks per host, and CPU seconds of one `appliance bootstrap`."""
+def timed_bootstrap(*extra: str) -> tuple[float, dict[str, int], float]:
+    """Seconds, changed tasks per host, and CPU seconds of one `appliance bootstrap` (EXTRA: its options)."""
     cpu = busy_cpu_seconds()
     started = time.monotonic()
-    result = appliance("bootstrap", "--json")
+    result = appliance("bootstrap", "--json", *extra)
     elapsed = time.monotonic() - started
     cpu = busy_cpu_seconds() - cpu
     summary = json.loads(result.stdout)
