@@ -30,6 +30,10 @@ HARDENING_OFF = {
     "kube_control_plane_audit_log": False,
     "kube_control_plane_tls_min_version": "",
     "appliance_kubelet_protect_kernel_defaults": False,
+    "kube_control_plane_secrets_encryption": False,
+    "kube_control_plane_pod_security": False,
+    "appliance_kubelet_serving_certificates": False,
+    "kube_control_plane_etcd_user": "",
 }
 
 
