@@ -1,13 +1,19 @@
 """appliance-csr-approver (roles/kube_control_plane/files/appliance_csr_approver.py): which kubelet serving
-certificate requests it approves, judged on requests made here with cryptography and read by the real openssl.
-Approving through kubectl runs on the lab (tests/lab/test_containerd.py)."""
+certificate requests it approves, judged on requests made here with cryptography and read by the real
+openssl; and its check of a kubelet's certificate, against a TLS server here. Approving through kubectl runs
+on the lab (tests/lab/test_containerd.py)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import importlib.util
 import ipaddress
+import socket
+import ssl
 import sys
+import threading
 
 import pytest
 from cryptography import x509
@@ -154,3 +160,85 @@ def test_only_pending_kubelet_serving_requests_are_looked_at():
         "spec": {**waiting["spec"], "signerName": "kubernetes.io/kube-apiserver-client-kubelet"},
     }
     assert not approver.pending(client)
+
+
+def _certificate(subject_key, issuer_key, issuer_name, cn: str, ip: str | None, ca: bool = False):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .public_key(subject_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ip:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture
+def kubelet(tmp_path):
+    """A TLS server on 127.0.0.1 standing in for a kubelet's port, serving the certificate a test picks."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate(ca_key, ca_key, None, "kubernetes", None, ca=True)
+    (tmp_path / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def serve(signed_by_ca: bool, ip: str) -> int:
+        key = ec.generate_private_key(ec.SECP256R1())
+        issuer_key, issuer = (ca_key, ca.subject) if signed_by_ca else (key, None)
+        served = _certificate(key, issuer_key, issuer, "system:node:worker-1", ip)
+        (tmp_path / "tls.crt").write_bytes(served.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / "tls.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+        listener = socket.create_server(("127.0.0.1", 0))
+        servers.append(listener)
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                connection, _ = listener.accept()
+                with (
+                    contextlib.suppress(OSError, ssl.SSLError),
+                    context.wrap_socket(connection, server_side=True),
+                ):
+                    pass
+
+        threading.Thread(target=accept, daemon=True).start()
+        return listener.getsockname()[1]
+
+    servers: list[socket.socket] = []
+    yield serve, str(tmp_path / "ca.crt")
+    for listener in servers:
+        listener.close()
+
+
+def test_a_kubelet_serving_a_certificate_of_the_ca_for_its_address_is_verified(kubelet):
+    serve, ca_file = kubelet
+    assert approver.serves_verified_at("127.0.0.1", ca_file, serve(signed_by_ca=True, ip="127.0.0.1"))
+
+
+def test_a_self_signed_kubelet_certificate_is_not(kubelet):
+    serve, ca_file = kubelet
+    assert not approver.serves_verified_at("127.0.0.1", ca_file, serve(signed_by_ca=False, ip="127.0.0.1"))
+
+
+def test_a_certificate_of_the_ca_for_another_address_is_not(kubelet):
+    serve, ca_file = kubelet
+    assert not approver.serves_verified_at("127.0.0.1", ca_file, serve(signed_by_ca=True, ip="10.0.0.9"))
+
+
+def test_nothing_listening_is_not(kubelet):
+    _serve, ca_file = kubelet
+    unused = socket.create_server(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+    assert not approver.serves_verified_at("127.0.0.1", ca_file, port)

@@ -18,8 +18,8 @@ or URI names; its signature verifies. A request that fails is left pending (Kube
 day) and the reason printed. Requests of other signers are never touched. It prints one line per decision
 (the journal, when its timer runs it).
 
---wait NODE: run until a serving certificate of NODE has been approved and issued (a request pending,
-approved by this run or before), or --timeout seconds pass (exit 1). site.yml uses it after a kubelet starts.
+--wait NODE: run until NODE's kubelet serves a certificate of the cluster CA (--ca) for its address, as
+the API server checks it, or --timeout seconds pass (exit 1). site.yml uses it after a kubelet starts.
 
 It runs on the control-plane node with Debian's python3, openssl and kubectl alone.
 Exit codes: 0 done, 1 --wait timed out or kubectl failed, 2 bad usage.
@@ -31,6 +31,8 @@ import argparse
 import base64
 import ipaddress
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ SIGNER = "kubernetes.io/kubelet-serving"
 ALLOWED_USAGES = {"digital signature", "key encipherment", "server auth"}
 HOST_ADDRESS_TYPES = {"Hostname", "InternalDNS", "ExternalDNS"}
 IP_ADDRESS_TYPES = {"InternalIP", "ExternalIP"}
+KUBELET_PORT = 10250
 
 
 class ApproverError(Exception):
@@ -174,18 +177,27 @@ def approve_pending(kubeconfig: str, log) -> dict[str, list]:
     return decisions
 
 
-def issued_for(kubeconfig: str, node: str) -> bool:
-    """A serving certificate of the node was approved and issued (its request is still listed)."""
-    csrs = json.loads(kubectl(kubeconfig, "get", "certificatesigningrequests", "--output=json"))["items"]
-    for csr in csrs:
-        status = csr.get("status") or {}
-        approved = any(c.get("type") == "Approved" for c in status.get("conditions") or [])
-        if (
-            csr["spec"].get("signerName") == SIGNER
-            and csr["spec"].get("username") == f"system:node:{node}"
-            and approved
-            and status.get("certificate")
-        ):
+def serves_verified(kubeconfig: str, node: str, ca_file: str, port: int = KUBELET_PORT) -> bool:
+    """The node's kubelet serves a certificate the cluster CA signed, for the node's own address: what the
+    API server checks with --kubelet-certificate-authority."""
+    nodes = json.loads(kubectl(kubeconfig, "get", "nodes", "--output=json"))["items"]
+    found = next((item for item in nodes if item["metadata"]["name"] == node), None)
+    _names, ips = node_addresses(found) if found else (set(), set())
+    return bool(ips) and serves_verified_at(sorted(ips)[0], ca_file, port)
+
+
+def serves_verified_at(address: str, ca_file: str, port: int) -> bool:
+    """ADDRESS:PORT completes a TLS handshake with a certificate the CA signed that names ADDRESS."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False  # an IP address: checked below, against the certificate's names
+    try:
+        with socket.create_connection((address, port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            served = tls.getpeercert() or {}
+    except (OSError, ssl.SSLError):
+        return False
+    wanted = ipaddress.ip_address(address)
+    for kind, value in served.get("subjectAltName", ()):
+        if kind == "IP Address" and ipaddress.ip_address(value.strip()) == wanted:
             return True
     return False
 
@@ -195,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", default="/etc/kubernetes/admin.conf")
     parser.add_argument("--wait", metavar="NODE", help="run until NODE's serving certificate is issued")
     parser.add_argument("--timeout", type=float, default=300, help="seconds --wait waits (default 300)")
+    parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt", help="the cluster CA, for --wait")
     args = parser.parse_args(argv)
 
     def log(line: str) -> None:
@@ -204,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             approve_pending(args.kubeconfig, log)
-            if not args.wait or issued_for(args.kubeconfig, args.wait):
-                if args.wait:
-                    log(f"the serving certificate of {args.wait} is issued")
+            if not args.wait:
+                return 0
+            if serves_verified(args.kubeconfig, args.wait, args.ca):
+                log(f"the kubelet of {args.wait} serves a certificate of the cluster CA")
                 return 0
         except ApproverError as error:
             if not args.wait or time.monotonic() > deadline:
@@ -214,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         if time.monotonic() > deadline:
             print(
-                f"appliance-csr-approver: no serving certificate of {args.wait} was issued within "
-                f"{args.timeout:.0f} s (is its kubelet running with serverTLSBootstrap?)",
+                f"appliance-csr-approver: the kubelet of {args.wait} serves no certificate of the cluster CA"
+                f" after {args.timeout:.0f} s (is it running, with serverTLSBootstrap?)",
                 file=sys.stderr,
             )
             return 1
