@@ -58,15 +58,15 @@ PREFIX = "/registry/secrets/"
 
 def secrets_to_rewrite(etcd_answer: Any, provider: str, key: str = "key1") -> list[str]:
     answer = json.loads(etcd_answer) if isinstance(etcd_answer, (str, bytes)) else etcd_answer
-    wanted = b"" if provider == "identity" else f"k8s:enc:{provider}:v1:{key}:".encode()
+    wanted = f"k8s:enc:{provider}:v1:{key}:".encode()
     stale = []
     for kv in (answer or {}).get("kvs") or []:
         name = base64.b64decode(kv["key"]).decode()
         if not name.startswith(PREFIX):
             continue
         value = base64.b64decode(kv.get("value", ""))
-        stored_plain = not value.startswith(b"k8s:enc:")
-        if (stored_plain != (provider == "identity")) or not value.startswith(wanted):
+        as_wanted = not value.startswith(b"k8s:enc:") if provider == "identity" else value.startswith(wanted)
+        if not as_wanted:
             stale.append(name[len(PREFIX) :])
     return sorted(stale)
 
