@@ -275,8 +275,17 @@ def clock_finding(clock: dict, max_seconds: float) -> dict:
     if not read:
         found = f"cannot read the clock: {clock.get('msg', '')}"
     else:
-        side = "ahead of" if clock["offset"] > 0 else "behind"
-        found = f"{abs(clock['offset']):.1f} s {side} the controller (within {clock['uncertainty']:.1f} s)"
+        # Printed to a tenth of a second: an offset that rounds to 0.0 has no side (a run and its --check
+        # report the same line).
+        offset = round(clock["offset"], 1)
+        side = (
+            f"{abs(offset):.1f} s ahead of"
+            if offset > 0
+            else f"{-offset:.1f} s behind"
+            if offset
+            else "in step with"
+        )
+        found = f"{side} the controller (within {clock['uncertainty']:.1f} s)"
     ok = read and clock.get("within")
     return finding(
         "clock",

@@ -475,9 +475,13 @@ RUNAI_LOGIN = (
 
 
 def runai_login(password: str) -> str:
-    """The HTTP status of a login of the admin account, from cp-1, through the control plane's ingress."""
+    """The HTTP status of a login of the admin account, from cp-1, through the control plane's ingress.
+    Retried for a minute while the ingress refuses connections or answers 5xx: a pod that has just
+    turned Ready is not always behind its Service's external IP yet (kube-proxy programs it after)."""
     return on(
-        "cp-1", f"{RUNAI_CURL} -o /dev/null -w '%{{http_code}}' {RUNAI_LOGIN.format(password=password)}"
+        "cp-1",
+        f"{RUNAI_CURL} --retry 12 --retry-delay 5 --retry-connrefused -o /dev/null -w '%{{http_code}}'"
+        f" {RUNAI_LOGIN.format(password=password)}",
     )
 
 

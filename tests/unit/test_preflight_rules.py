@@ -378,6 +378,11 @@ def test_ports_that_cannot_be_listed_are_a_problem():
             "PROBLEM",
             "5.0 s behind the controller (within 0.0 s)",
         ),
+        (
+            {"offset": -0.04, "uncertainty": 0.01, "within": True},
+            "PASS",
+            "in step with the controller (within 0.0 s)",
+        ),
         ({"failed": True, "msg": "date: not found"}, "PROBLEM", "cannot read the clock: date: not found"),
     ],
 )
