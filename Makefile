@@ -37,7 +37,7 @@ unit:
 	pytest -q tests/unit
 
 lab-test:
-	pytest -q tests/lab
+	pytest -q --durations=30 tests/lab
 
 # Every scenario under molecule/, on the lab's node image (built here when its recipe changed); the
 # scenarios of roles that install from the offline bundle serve the lab's bundle to their instance.
