@@ -29,6 +29,7 @@ HARDENING_OFF = {
     "kube_control_plane_profiling": True,
     "kube_control_plane_audit_log": False,
     "kube_control_plane_tls_min_version": "",
+    "kube_control_plane_tls_cipher_suites": [],
     "appliance_kubelet_protect_kernel_defaults": False,
     "kube_control_plane_secrets_encryption": False,
     "kube_control_plane_pod_security": False,

@@ -230,26 +230,18 @@ def kubelet_protects(node: str) -> bool:
     return value == "true"
 
 
-def test_a_re_run_that_turns_protect_kernel_defaults_off_changes_the_kubelets_and_nothing_else(converged):
-    """Hardening default (issue 24): on by default, and a re-run with it off applies that to the running
-    cluster (the ConfigMap, each node's file, each kubelet restarted and healthy) and changes nothing else;
-    the next run with it off changes nothing; a run with it on again puts it back."""
-    assert {node: kubelet_protects(node) for node in NODES} == dict.fromkeys(NODES, True)
-    # Off, off again (nothing left to change: kubeadm stores false as no key), then on again.
-    for protect, expected in ((False, KUBELET_FLIP), (False, {}), (True, KUBELET_FLIP)):
-        result, summary = site("-e", f"appliance_kubelet_protect_kernel_defaults={str(protect).lower()}")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-        changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
-        assert changed == expected, (protect, changed)
-        assert {node: kubelet_protects(node) for node in NODES} == dict.fromkeys(NODES, protect)
-        configmap = kubectl(
-            "-n", "kube-system", "get", "configmap", "kubelet-config-1.23", "-o", "jsonpath={.data.kubelet}"
-        )
-        assert ("protectKernelDefaults: true" in configmap) == protect, configmap
-        for node in NODES:
-            assert on(node, "curl -sf http://127.0.0.1:10248/healthz").stdout == "ok", node
-            sysctl = on(node, "cat /etc/sysctl.d/k8s.conf").stdout
-            assert ("vm.overcommit_memory = 1" in sysctl) == protect, (node, sysctl)
+def kubelets_follow(protect: bool) -> None:
+    """Every kubelet's file, the cluster's ConfigMap and the kernel parameters say protectKernelDefaults as
+    asked; every kubelet is healthy and every node Ready."""
+    assert {node: kubelet_protects(node) for node in NODES} == dict.fromkeys(NODES, protect)
+    configmap = kubectl(
+        "-n", "kube-system", "get", "configmap", "kubelet-config-1.23", "-o", "jsonpath={.data.kubelet}"
+    )
+    assert ("protectKernelDefaults: true" in configmap) == protect, configmap
+    for node in NODES:
+        assert on(node, "curl -sf http://127.0.0.1:10248/healthz").stdout == "ok", node
+        sysctl = on(node, "cat /etc/sysctl.d/k8s.conf").stdout
+        assert ("vm.overcommit_memory = 1" in sysctl) == protect, (node, sysctl)
     ready = kube_json("get", "nodes")["items"]
     assert all(
         next(c for c in n["status"]["conditions"] if c["type"] == "Ready")["status"] == "True" for n in ready
@@ -258,6 +250,13 @@ def test_a_re_run_that_turns_protect_kernel_defaults_off_changes_the_kubelets_an
 
 # What a run changes when kube_control_plane_profiling flips: kubeadm's configuration file, the three
 # manifests that carry --profiling (one at a time, each waited on), and the stored ClusterConfiguration.
+# The re-run above turns these two off (profiling on: its hardening off).
+BOTH_OFF = (
+    "-e",
+    "appliance_kubelet_protect_kernel_defaults=false",
+    "-e",
+    "kube_control_plane_profiling=true",
+)
 PROFILING_FLIP = {
     "cp-1": {
         "kube_control_plane : Render the kubeadm configuration",
@@ -275,13 +274,20 @@ def control_plane_flags(component: str) -> list[str]:
     return [arg for arg in pod["spec"]["containers"][0]["command"] if arg.startswith("--")]
 
 
-def test_a_re_run_that_turns_profiling_on_rewrites_three_manifests_the_kubeadm_way_and_nothing_else(
-    converged,
-):
-    """Hardening default (issue 24): --profiling=false on the API server, controller-manager and scheduler,
-    and the audit log, from kubeadm's ClusterConfiguration. A re-run with profiling on has kubeadm write
-    those three manifests again (etcd's is the same), each running and ready before the next; the stored
-    ClusterConfiguration follows, so `kubeadm upgrade` keeps it."""
+def flip(*sets: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The tasks several flips change together, host by host."""
+    return {host: set().union(*(tasks.get(host, set()) for tasks in sets)) for host in NODES}
+
+
+def test_a_re_run_that_turns_two_defaults_off_changes_their_components_and_nothing_else(converged):
+    """Hardening defaults (issue 24), on from the first run: kubelet's protectKernelDefaults, and
+    --profiling=false with the audit log on the API server, controller-manager and scheduler (kubeadm's
+    ClusterConfiguration). One re-run with both off applies them to the running cluster: the ConfigMap,
+    each node's file and each kubelet restarted and healthy; kubeadm writes the three manifests again (etcd's
+    is the same), each running and ready before the next, and the stored ClusterConfiguration follows, so
+    `kubeadm upgrade` keeps it. Nothing else changes. (The run after keeps both off and changes only what
+    it turns off itself; the last one turns protectKernelDefaults on again.)"""
+    kubelets_follow(True)
     components = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
     for component in components:
         assert "--profiling=false" in control_plane_flags(component), component
@@ -292,11 +298,11 @@ def test_a_re_run_that_turns_profiling_on_rewrites_three_manifests_the_kubeadm_w
         on("cp-1", "test -s /var/log/kubernetes/audit/audit.log && echo written").stdout.strip() == "written"
     )
     etcd_before = on("cp-1", "cat /etc/kubernetes/manifests/etcd.yaml").stdout
-    # One run, profiling on (its hardening off): the way back is the same code (test above: both ways).
-    result, summary = site("-e", "kube_control_plane_profiling=true")
+    result, summary = site(*BOTH_OFF)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
-    assert changed == PROFILING_FLIP, changed
+    assert changed == flip(KUBELET_FLIP, PROFILING_FLIP), changed
+    kubelets_follow(False)
     for component in components:
         assert "--profiling=false" not in control_plane_flags(component), component
     assert "--audit-log-path=/var/log/kubernetes/audit/audit.log" in control_plane_flags("kube-apiserver")
@@ -439,9 +445,50 @@ def test_every_kubelet_serves_a_certificate_of_the_cluster_ca_which_the_api_serv
     kubectl("delete", "csr", "forged-serving")
 
 
+# Every TLS server of the control plane and the kubelets, as (node, address:port).
+TLS_SERVERS = (
+    ("cp-1", "172.28.6.10:6443"),  # kube-apiserver
+    ("cp-1", "127.0.0.1:10257"),  # kube-controller-manager
+    ("cp-1", "127.0.0.1:10259"),  # kube-scheduler
+    ("cp-1", "172.28.6.10:10250"),  # kubelet
+    ("worker-1", "172.28.6.11:10250"),  # kubelet
+)
+
+
+def handshake(node: str, server: str, options: str) -> bool:
+    """Whether openssl on the node completes a TLS handshake with the server, offering only what the
+    options say (SECLEVEL=0: this openssl would refuse TLS 1.1 and SHA-1 suites itself)."""
+    return (
+        on(
+            node, f"openssl s_client -connect {server} {options} </dev/null >/dev/null 2>&1", check=False
+        ).returncode
+        == 0
+    )
+
+
+def test_the_control_plane_and_the_kubelets_speak_tls_1_2_with_strong_ciphers_only(converged):
+    """Hardening defaults (issue 24; CIS 1.2.32, 4.2.13): kube_control_plane_tls_min_version and
+    kube_control_plane_tls_cipher_suites on the API server, controller-manager, scheduler and every
+    kubelet. Each completes a handshake with TLS 1.3 and with an ECDHE AES-GCM suite of TLS 1.2, and
+    refuses TLS 1.1 and the CBC and static-RSA suites Go would otherwise accept."""
+    for node, server in TLS_SERVERS:
+        assert handshake(node, server, "-tls1_3"), (node, server)
+        # The kubelets' serving certificates have ECDSA keys, the control plane's RSA keys.
+        assert handshake(
+            node, server, "-tls1_2 -cipher ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"
+        ), (node, server)
+        for weak in (
+            "-tls1_1 -cipher DEFAULT@SECLEVEL=0",
+            "-tls1_2 -cipher ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA@SECLEVEL=0",
+            "-tls1_2 -cipher AES128-GCM-SHA256:AES256-SHA@SECLEVEL=0",
+        ):
+            assert not handshake(node, server, weak), (node, server, weak)
+
+
 # What a run changes when kube_control_plane_secrets_encryption turns off (after the profiling test, whose
 # setting it keeps): the configuration that writes plain text, the API server's manifest that names it,
 # every Secret written again, the stored ClusterConfiguration, and the configuration no longer read removed.
+ENCRYPTION_OFF_ARGS = ("-e", "kube_control_plane_secrets_encryption=false")
 ENCRYPTION_OFF = {
     "cp-1": {
         "kube_control_plane : Write the EncryptionConfiguration that writes with identity",
@@ -459,9 +506,8 @@ def test_a_re_run_that_turns_secrets_encryption_off_stores_every_secret_in_plain
     stays and the configuration lists it second; every Secret is written again, in plain text."""
     kubectl("delete", "secret", PROBE_SECRET, "--ignore-not-found")
     kubectl("create", "secret", "generic", PROBE_SECRET, f"--from-literal=value={PROBE_VALUE}")
-    result, summary = site(
-        "-e", "kube_control_plane_profiling=true", "-e", "kube_control_plane_secrets_encryption=false"
-    )
+    # The two defaults the run before turned off stay off: what changes is the encryption's alone.
+    result, summary = site(*BOTH_OFF, *ENCRYPTION_OFF_ARGS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
     assert changed == ENCRYPTION_OFF, changed
@@ -474,3 +520,17 @@ def test_a_re_run_that_turns_secrets_encryption_off_stores_every_secret_in_plain
     )
     files = on("cp-1", "ls /etc/kubernetes/pki | grep secrets-encryption").stdout.split()
     assert files == ["secrets-encryption-identity.yaml", "secrets-encryption.key"], files
+
+
+def test_a_re_run_that_turns_protect_kernel_defaults_on_again_changes_the_kubelets_and_nothing_else(
+    converged,
+):
+    """The way back on for a running cluster: the kernel parameters first, then the ConfigMap and each
+    kubelet, which would refuse to start before them; nothing else changes."""
+    result, summary = site(
+        *BOTH_OFF, *ENCRYPTION_OFF_ARGS, "-e", "appliance_kubelet_protect_kernel_defaults=true"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
+    assert changed == KUBELET_FLIP, changed
+    kubelets_follow(True)

@@ -153,12 +153,13 @@ def kubectl(kubeconfig: str, *args: str) -> str:
     return result.stdout
 
 
-def approve_pending(kubeconfig: str, log) -> dict[str, list]:
+def approve_pending(kubeconfig: str, log) -> None:
+    """Judge every pending request: approve those of a node for its own serving certificate, and print
+    (log) each decision with its reason."""
     csrs = json.loads(kubectl(kubeconfig, "get", "certificatesigningrequests", "--output=json"))["items"]
     waiting = [csr for csr in csrs if pending(csr)]
-    decisions: dict[str, list] = {"approved": [], "left": []}
     if not waiting:
-        return decisions
+        return
     nodes = {
         node["metadata"]["name"]: node
         for node in json.loads(kubectl(kubeconfig, "get", "nodes", "--output=json"))["items"]
@@ -170,11 +171,8 @@ def approve_pending(kubeconfig: str, log) -> dict[str, list]:
         if reason is None:
             kubectl(kubeconfig, "certificate", "approve", name)
             log(f"approved {name}: the serving certificate of {csr['spec']['username']}")
-            decisions["approved"].append(name)
         else:
             log(f"left {name} pending: {reason}")
-            decisions["left"].append([name, reason])
-    return decisions
 
 
 def serves_verified(kubeconfig: str, node: str, ca_file: str, port: int = KUBELET_PORT) -> bool:
