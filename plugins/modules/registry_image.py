@@ -14,6 +14,9 @@ description:
     archive's image configuration (the image ID), so a second run reports no change.
   - One call for many images, so that a run with nothing to push costs one module execution.
   - Needs C(skopeo) on the host; the registry is reached over plain HTTP, as a registry on the host itself.
+  - A registry that asks for credentials (its C(htpasswd) authentication) gets O(username) and O(password).
+    The reads send them as basic authentication; C(skopeo) reads them from an auth file of mode 0600 that is
+    removed after the push, never from its command line.
 options:
   images:
     description: The images to push.
@@ -34,6 +37,12 @@ options:
     description: Host and port of the registry, for example C(127.0.0.1:5001).
     type: str
     required: true
+  username:
+    description: The user to push as, where the registry asks for credentials.
+    type: str
+  password:
+    description: The password of O(username) (from Ansible Vault); never logged.
+    type: str
   wait_timeout:
     description:
       - Seconds to wait for the registry to answer (a registry that was just started or restarted takes a
@@ -80,8 +89,11 @@ pushed:
   sample: [127.0.0.1:5001/pause:3.6]
 """
 
+import base64
 import json
+import os
 import tarfile
+import tempfile
 import time
 import urllib.error
 
@@ -132,11 +144,36 @@ def archive_image_id(archive: str, image: str) -> str:
     raise ValueError(f"{archive} does not hold {image} (it holds {', '.join(tags) or 'no tagged image'})")
 
 
-def registry_image_id(registry: str, path: str, tag: str) -> str | None:
+class Credentials:
+    """A user and password for basic authentication, or none (a registry that asks for none)."""
+
+    def __init__(self, username: str | None = None, password: str | None = None) -> None:
+        self.username, self.password = username, password
+
+    def url_options(self) -> dict:
+        """open_url's options: basic authentication sent with the first request."""
+        if not self.username:
+            return {}
+        return {"url_username": self.username, "url_password": self.password or "", "force_basic_auth": True}
+
+    def auth_file(self, registry: str, directory: str) -> str:
+        """An auth file for skopeo (containers-auth.json) in DIRECTORY, mode 0600; its path."""
+        token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+        path = os.path.join(directory, "auth.json")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump({"auths": {registry: {"auth": token}}}, handle)
+        return path
+
+
+def registry_image_id(
+    registry: str, path: str, tag: str, credentials: Credentials | None = None
+) -> str | None:
     """The config digest the registry serves for PATH:TAG, or None when it has no such tag."""
     url = f"http://{registry}/v2/{path}/manifests/{tag}"
+    options = (credentials or Credentials()).url_options()
     try:
-        with open_url(url, headers={"Accept": MANIFEST_TYPES}, timeout=30) as response:
+        with open_url(url, headers={"Accept": MANIFEST_TYPES}, timeout=30, **options) as response:
             manifest = json.load(response)
     except urllib.error.HTTPError as error:
         if error.code == 404:
@@ -145,23 +182,31 @@ def registry_image_id(registry: str, path: str, tag: str) -> str | None:
     return manifest.get("config", {}).get("digest")
 
 
-def wait_for_registry(registry: str, timeout: float) -> str | None:
-    """Poll the registry's API root until it answers 200; None then, else the last error."""
+def wait_for_registry(registry: str, timeout: float, credentials: Credentials | None = None) -> str | None:
+    """Poll the registry's API root until it answers 200; None then, else the last error. A registry that
+    refuses the credentials (or asks for some) answers at once: that is the error, without waiting."""
     deadline = time.monotonic() + timeout
+    options = (credentials or Credentials()).url_options()
     while True:
         try:
-            with open_url(f"http://{registry}/v2/", timeout=5) as response:
+            with open_url(f"http://{registry}/v2/", timeout=5, **options) as response:
                 if response.status == 200:
                     return None
                 error = f"HTTP {response.status}"
-        except (OSError, urllib.error.URLError) as problem:  # HTTPError is a URLError
+        except urllib.error.HTTPError as problem:
+            if problem.code == 401:
+                if credentials is not None and credentials.username:
+                    return f"answered HTTP 401: it refused the credentials of user {credentials.username}"
+                return "answered HTTP 401: it asks for credentials (set username and password)"
+            error = str(problem)
+        except (OSError, urllib.error.URLError) as problem:
             error = str(problem)
         if time.monotonic() >= deadline:
             return error
         time.sleep(0.5)
 
 
-def push(module: AnsibleModule, archive: str, image: str, registry: str) -> dict:
+def push(module: AnsibleModule, archive: str, image: str, registry: str, credentials: Credentials) -> dict:
     """Push one archive unless the registry already serves it; the result for RETURN's images."""
     try:
         path, tag = split_image(image)
@@ -170,7 +215,7 @@ def push(module: AnsibleModule, archive: str, image: str, registry: str) -> dict
         module.fail_json(msg=f"registry_image: {error}")
     reference = f"{registry}/{path}:{tag}"
     try:
-        present = registry_image_id(registry, path, tag)
+        present = registry_image_id(registry, path, tag, credentials)
     except (OSError, urllib.error.URLError, ValueError) as error:
         module.fail_json(
             msg=f"registry_image: cannot ask the registry at {registry} for {path}:{tag}: {error}"
@@ -179,18 +224,23 @@ def push(module: AnsibleModule, archive: str, image: str, registry: str) -> dict
         return {"reference": reference, "image_id": wanted, "pushed": False}
     if not module.check_mode:
         skopeo = module.get_bin_path("skopeo", required=True)
-        module.run_command(
-            [
-                skopeo,
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                f"docker-archive:{archive}:{image}",
-                f"docker://{reference}",
-            ],
-            check_rc=True,
-        )
-        pushed = registry_image_id(registry, path, tag)
+        with tempfile.TemporaryDirectory(prefix="registry-image-") as private:
+            authentication = (
+                ["--dest-authfile", credentials.auth_file(registry, private)] if credentials.username else []
+            )
+            module.run_command(
+                [
+                    skopeo,
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    *authentication,
+                    f"docker-archive:{archive}:{image}",
+                    f"docker://{reference}",
+                ],
+                check_rc=True,
+            )
+        pushed = registry_image_id(registry, path, tag, credentials)
         if pushed != wanted:
             module.fail_json(
                 msg=f"registry_image: after pushing, {reference} has image ID {pushed}, not {wanted}"
@@ -211,18 +261,24 @@ def main() -> None:
                 },
             },
             "registry": {"type": "str", "required": True},
+            "username": {"type": "str"},
+            "password": {"type": "str", "no_log": True},
             "wait_timeout": {"type": "int", "default": 30},
         },
+        required_together=[("username", "password")],
         supports_check_mode=True,
     )
     registry = module.params["registry"]
-    error = wait_for_registry(registry, module.params["wait_timeout"])
+    credentials = Credentials(module.params["username"], module.params["password"])
+    error = wait_for_registry(registry, module.params["wait_timeout"], credentials)
     if error is not None:
-        module.fail_json(
-            msg=f"registry_image: the registry at {registry} did not answer within "
-            f"{module.params['wait_timeout']} s: {error}"
-        )
-    results = [push(module, item["archive"], item["image"], registry) for item in module.params["images"]]
+        if not error.startswith("answered"):
+            error = f"did not answer within {module.params['wait_timeout']} s: {error}"
+        module.fail_json(msg=f"registry_image: the registry at {registry} {error}")
+    results = [
+        push(module, item["archive"], item["image"], registry, credentials)
+        for item in module.params["images"]
+    ]
     pushed = [result["reference"] for result in results if result["pushed"]]
     module.exit_json(changed=bool(pushed), images=results, pushed=pushed)
 

@@ -3,6 +3,7 @@ The push itself runs against the real registry in tests/lab/test_bundle_serve.py
 
 from __future__ import annotations
 
+import base64
 import http.server
 import importlib.util
 import io
@@ -11,6 +12,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 
 import pytest
 import yaml
@@ -91,7 +93,8 @@ def test_documentation_parses_and_documents_every_option():
     source = MODULE.read_text()
     for option in documented:
         assert re.search(rf'"{option}": {{\s*"type"', source), option
-    assert set(documented) == {"images", "registry", "wait_timeout"}
+    assert set(documented) == {"images", "registry", "username", "password", "wait_timeout"}
+    assert re.search(r'"password": {"type": "str", "no_log": True}', source)
     for suboption in documented["images"]["suboptions"]:
         assert re.search(rf'"{suboption}": {{\s*"type"', source), suboption
 
@@ -139,3 +142,77 @@ def test_wait_for_registry_names_a_refused_connection():
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     assert "refused" in registry_image.wait_for_registry(f"127.0.0.1:{port}", timeout=1).lower()
+
+
+class _AuthRegistry(http.server.BaseHTTPRequestHandler):
+    """A registry with htpasswd authentication (user pusher, password s3cret): /v2/ and one manifest."""
+
+    expected = "Basic " + base64.b64encode(b"pusher:s3cret").decode()
+
+    def do_GET(self):
+        if self.headers.get("Authorization") != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="appliance"')
+            self.end_headers()
+            return
+        if self.path == "/v2/":
+            body = b"{}"
+        elif self.path == "/v2/pause/manifests/3.6":
+            body = json.dumps({"config": {"digest": "sha256:6270bb"}}).encode()
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.fixture
+def auth_registry():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRegistry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_registry_with_htpasswd_answers_the_right_credentials(auth_registry):
+    credentials = registry_image.Credentials("pusher", "s3cret")
+    assert registry_image.wait_for_registry(auth_registry, timeout=5, credentials=credentials) is None
+    assert registry_image.registry_image_id(auth_registry, "pause", "3.6", credentials) == "sha256:6270bb"
+    assert registry_image.registry_image_id(auth_registry, "pause", "3.7", credentials) is None
+
+
+@pytest.mark.parametrize(
+    ("credentials", "error"),
+    [
+        (None, "answered HTTP 401: it asks for credentials (set username and password)"),
+        (
+            registry_image.Credentials(),
+            "answered HTTP 401: it asks for credentials (set username and password)",
+        ),
+        (
+            registry_image.Credentials("pusher", "wrong"),
+            "answered HTTP 401: it refused the credentials of user pusher",
+        ),
+    ],
+)
+def test_missing_or_wrong_credentials_fail_at_once_without_the_password(auth_registry, credentials, error):
+    started = time.monotonic()
+    assert registry_image.wait_for_registry(auth_registry, timeout=30, credentials=credentials) == error
+    assert time.monotonic() - started < 5  # no waiting out the timeout for an answer that will not change
+
+
+def test_skopeo_reads_the_credentials_from_a_private_auth_file(tmp_path):
+    path = registry_image.Credentials("pusher", "s3cret").auth_file("127.0.0.1:5001", str(tmp_path))
+    assert oct((tmp_path / "auth.json").stat().st_mode & 0o777) == "0o600" and path == str(
+        tmp_path / "auth.json"
+    )
+    auths = json.loads((tmp_path / "auth.json").read_text())["auths"]
+    assert base64.b64decode(auths["127.0.0.1:5001"]["auth"]) == b"pusher:s3cret"
