@@ -1,5 +1,7 @@
 """Roles bundle_serve and bundle_client on lab nodes: the lab's bundle, served by cp-1 and used by a
-worker over the lab network; the real apt, nginx, registry, skopeo and containerd.
+worker over the lab network; the real apt, nginx, registry, skopeo, containerd and docker. The registry
+speaks TLS with a certificate of the appliance's CA and takes pushes with credentials only
+(appliance_registry_tls).
 
 Runs a lab of its own (APPLIANCE_LAB_NAME=labserve on 172.28.3.0/24, one worker).
 """
@@ -22,7 +24,11 @@ pytestmark = pytest.mark.lab
 
 LAB_ENV = {"APPLIANCE_LAB_NAME": "labserve", "APPLIANCE_LAB_SUBNET": "172.28.3.0/24"}
 CP = "172.28.3.10"
+REGISTRY = f"{CP}:5000"
 PLAYBOOK = "playbooks/bundle.yml"
+# Where role bundle_client puts the appliance's CA for containerd and docker on the worker.
+CONTAINERD_CA = f"/etc/containerd/certs.d/{REGISTRY}/appliance-ca.crt"
+DOCKER_CA = f"/etc/docker/certs.d/{REGISTRY}/ca.crt"
 
 
 def lab_cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -35,7 +41,8 @@ def on(node: str, script: str) -> subprocess.CompletedProcess[str]:
 
 def run_playbook(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     # The lab's nodes run docker, but test_containerd_pulls_... pulls with containerd's own client.
-    result = lab_cli("run", PLAYBOOK, "--json", "-e", "bundle_client_containerd_mirrors=true", *extra)
+    tls = ("-e", "appliance_registry_tls=true")
+    result = lab_cli("run", PLAYBOOK, "--json", "-e", "bundle_client_containerd_mirrors=true", *tls, *extra)
     try:
         summary = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -139,15 +146,17 @@ def test_every_image_is_served_by_its_upstream_path_with_the_bundles_content(ser
     bundle, *_ = served
     archives = image_archives(bundle)
     assert len(archives) >= 9
-    # Asked from the worker, through nginx, the way a runtime asks.
+    # Asked from the worker, through nginx, the way a runtime asks: over TLS, the certificate checked
+    # against the appliance's CA, anonymously.
     script = (
-        "import json, sys, urllib.request\n"
+        "import json, ssl, sys, urllib.request\n"
+        f"context = ssl.create_default_context(cafile='{CONTAINERD_CA}')\n"
         "for image in sys.argv[1:]:\n"
         "    name, tag = image.rsplit(':', 1)\n"
         "    path = name.split('/', 1)[1]\n"
-        f"    request = urllib.request.Request(f'http://{CP}:5000/v2/{{path}}/manifests/{{tag}}',\n"
+        f"    request = urllib.request.Request(f'https://{REGISTRY}/v2/{{path}}/manifests/{{tag}}',\n"
         "        headers={'Accept': 'application/vnd.docker.distribution.manifest.v2+json'})\n"
-        "    print(image, json.load(urllib.request.urlopen(request))['config']['digest'])\n"
+        "    print(image, json.load(urllib.request.urlopen(request, context=context))['config']['digest'])\n"
     )
     result = lab_cli("lab", "exec", "worker-1", "--", "python3", "-c", script, *archives)
     assert result.returncode == 0, result.stderr
@@ -169,14 +178,147 @@ def test_containerd_pulls_upstream_names_from_the_private_registry(served):
 
 def test_the_cluster_cannot_push_into_the_registry(served):
     script = (
-        "import urllib.request, urllib.error\n"
-        f"request = urllib.request.Request('http://{CP}:5000/v2/evil/blobs/uploads/', method='POST')\n"
+        "import ssl, urllib.request, urllib.error\n"
+        f"context = ssl.create_default_context(cafile='{CONTAINERD_CA}')\n"
+        f"request = urllib.request.Request('https://{REGISTRY}/v2/evil/blobs/uploads/', method='POST')\n"
         "try:\n"
-        "    print(urllib.request.urlopen(request).status)\n"
+        "    print(urllib.request.urlopen(request, context=context).status)\n"
         "except urllib.error.HTTPError as error:\n"
         "    print(error.code)\n"
     )
     assert lab_cli("lab", "exec", "worker-1", "--", "python3", "-c", script).stdout.strip() == "403"
+    # The registry itself listens on cp-1's loopback only.
+    direct = on(with_curl("worker-1"), f"curl -s -o /dev/null --max-time 5 http://{CP}:5001/v2/")
+    assert direct.returncode == 7  # connection refused
+
+
+def with_curl(node: str) -> str:
+    """curl on NODE, from the bundle's repository (the lab's nodes start without it)."""
+    install = on(node, "command -v curl || DEBIAN_FRONTEND=noninteractive apt-get install -y -q curl")
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr
+    return node
+
+
+def registry_password() -> str:
+    """The lab's registry password: the file the lab inventory's lookup reads (0600, made once per lab)."""
+    path = Path.home() / ".local/state/appliance" / LAB_ENV["APPLIANCE_LAB_NAME"] / "registry-password"
+    assert path.stat().st_mode & 0o777 == 0o600
+    return path.read_text().strip()
+
+
+def test_pushes_on_the_serving_node_need_the_pushers_credentials(served):
+    """Issue 24: pushes only with credentials (htpasswd, the password from the inventory's Vault) and only
+    on the node itself. Without credentials the registry answers 401, with a wrong password too; with the
+    pusher's it starts the upload (202). The role's own pushes filled the registry, with those credentials."""
+    password = registry_password()
+    post = "curl -s -o /dev/null -w '%{http_code}' -X POST"
+    uploads = "http://127.0.0.1:5001/v2/push-test/blobs/uploads/"
+    assert on(with_curl("cp-1"), f"{post} {uploads}").stdout == "401"
+    assert on("cp-1", f"{post} -u appliance:not-the-password {uploads}").stdout == "401"
+    assert on("cp-1", f"{post} -u 'appliance:{password}' {uploads}").stdout == "202"
+    # The users' file holds bcrypt hashes, readable by the registry's group alone; the key and nginx's site
+    # (the reader's credentials) are root's alone; the password is in none of them, nor in the run's output.
+    modes = on(
+        "cp-1",
+        "stat -c '%n %U %G %a' /etc/appliance/registry/htpasswd /etc/appliance/registry/registry.key "
+        "/etc/nginx/sites-available/appliance-bundle.conf",
+    ).stdout.splitlines()
+    assert modes == [
+        "/etc/appliance/registry/htpasswd root docker-registry 640",
+        "/etc/appliance/registry/registry.key root root 600",
+        "/etc/nginx/sites-available/appliance-bundle.conf root root 600",
+    ]
+    users = on("cp-1", "cat /etc/appliance/registry/htpasswd").stdout
+    assert re.search(r"^appliance:\$2[aby]\$", users, re.M), users
+    found = on("cp-1", f"grep -rlF '{password}' /etc/appliance /etc/nginx /etc/docker/registry || true")
+    assert found.stdout == ""
+    _, _, first, _ = served
+    assert password not in json.dumps(first)
+
+
+def test_the_registry_speaks_tls_with_the_appliances_ca_and_plain_http_is_refused(served):
+    """Issue 24: the certificate, signed by the appliance's CA (made on the controller), names cp-1's
+    address and the mirrored registries; a client without that CA refuses it, and nothing answers plain
+    HTTP on the registry's port."""
+    catalog = on(with_curl("worker-1"), f"curl -sS --cacert {CONTAINERD_CA} https://{REGISTRY}/v2/_catalog")
+    assert catalog.returncode == 0, catalog.stderr
+    assert "coredns/coredns" in json.loads(catalog.stdout)["repositories"]
+    untrusted = on("worker-1", f"curl -sS -o /dev/null https://{REGISTRY}/v2/")
+    assert untrusted.returncode == 60, untrusted.stderr  # the peer's certificate could not be verified
+    plain = on("worker-1", f"curl -s -o /dev/null -w '%{{http_code}}' http://{REGISTRY}/v2/")
+    assert plain.stdout == "400", plain.stdout  # nginx: "plain HTTP request was sent to HTTPS port"
+    names = on(
+        "worker-1",
+        f"openssl s_client -connect {REGISTRY} -servername k8s.gcr.io -CAfile {CONTAINERD_CA}"
+        " -verify_return_error </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName",
+    ).stdout
+    for name in (f"IP Address:{CP}", "DNS:k8s.gcr.io", "DNS:docker.io", "DNS:nvcr.io", "DNS:quay.io"):
+        assert name in names, names
+
+
+def served_serial() -> str:
+    """The serial number of the certificate the registry presents, checked against the appliance's CA."""
+    return on(
+        "worker-1",
+        f"openssl s_client -connect {REGISTRY} -CAfile {CONTAINERD_CA} -verify_return_error </dev/null"
+        " 2>/dev/null | openssl x509 -noout -serial",
+    ).stdout.strip()
+
+
+def test_the_registrys_certificate_is_renewed_and_served_at_once(served, tmp_path):
+    """Role certs' renewal of the registry's certificate (`appliance certs renew` includes it on cp-1):
+    forced, a new certificate from the same CA is served after nginx's reload; not due, nothing changes."""
+    playbook = tmp_path / "renew.yml"
+    playbook.write_text(
+        "- hosts: cp-1\n"
+        "  become: true\n"
+        "  gather_facts: false\n"
+        "  tasks:\n"
+        "    - {include_role: {name: bundle_serve, tasks_from: renew_tls}}\n"
+    )
+    before = served_serial()
+    assert before.startswith("serial="), before
+    tls = ("-e", "appliance_registry_tls=true")
+    forced = lab_cli("run", str(playbook), "--json", *tls, "-e", "bundle_serve_tls_renew_force=true")
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr
+    assert json.loads(forced.stdout)["hosts"]["cp-1"]["changed"] >= 1
+    after = served_serial()
+    assert after.startswith("serial=") and after != before, (before, after)
+    again = lab_cli("run", str(playbook), "--json", *tls)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    assert json.loads(again.stdout)["hosts"]["cp-1"]["changed"] == 0
+    assert served_serial() == after
+
+
+def test_docker_pulls_upstream_names_over_tls_with_no_insecure_registry(served, tmp_path):
+    """Issue 24: docker, installed by role docker, trusts the appliance's CA for the registry alone:
+    daemon.json has no insecure registry and an https mirror; k8s.gcr.io names reach the registry through
+    the node's proxy on a link-local address (docker checks certificates there, not on 127.0.0.0/8), and
+    without the CA in its certs.d docker refuses the registry's certificate."""
+    playbook = tmp_path / "docker.yml"
+    playbook.write_text(
+        "- hosts: worker-1\n"
+        "  become: true\n"
+        "  tasks:\n"
+        "    - {include_role: {name: bundle_client, tasks_from: facts}}\n"
+        "    - {include_role: {name: docker}}\n"
+    )
+    result = lab_cli("run", str(playbook), "--json", "-e", "appliance_registry_tls=true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    config = json.loads(on("worker-1", "cat /etc/docker/daemon.json").stdout)
+    assert config.get("insecure-registries", []) == []
+    assert config["registry-mirrors"] == [f"https://{REGISTRY}"]
+    for image in ("k8s.gcr.io/pause:3.6", f"{REGISTRY}/coredns/coredns:v1.8.6"):
+        pull = on("worker-1", f"docker pull {image}")
+        assert pull.returncode == 0, pull.stdout + pull.stderr
+    hidden = "/etc/docker/certs.d/k8s.gcr.io"
+    assert on("worker-1", f"mv {hidden} /root/k8s.gcr.io.certs").returncode == 0
+    try:
+        refused = on("worker-1", "docker pull k8s.gcr.io/coredns/coredns:v1.8.6")
+    finally:
+        on("worker-1", f"mv /root/k8s.gcr.io.certs {hidden}")
+    assert refused.returncode != 0
+    assert "certificate signed by unknown authority" in refused.stdout + refused.stderr, refused.stderr
 
 
 def test_an_altered_bundle_is_refused_before_anything_is_copied(served, tmp_path):

@@ -30,7 +30,9 @@ def test_daemon_json_is_a_merge_that_kept_the_nvidia_runtime(host):
     assert config["exec-opts"] == ["native.cgroupdriver=systemd"]
     assert config["runtimes"]["nvidia"]["path"] == "/usr/bin/nvidia-container-runtime"
     assert config["storage-driver"] == "vfs"
-    assert config["insecure-registries"] == ["registry.appliance.test:5000"]
+    # The retired plain-HTTP entries are gone; the site's own stays.
+    assert config["insecure-registries"] == ["site.example:5000", "registry.appliance.test:5000"]
+    assert config["registry-mirrors"] == ["https://registry.appliance.test:5000"]
 
 
 def test_docker_loaded_the_runtime_another_component_added(host):

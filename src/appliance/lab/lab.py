@@ -217,6 +217,8 @@ def write_inventory(
                 # keeps it in Ansible Vault.
                 "appliance_cluster_name": planned[0].lab,
                 "backup_passphrase": _secret_lookup(files, "backup-passphrase"),
+                # The registry's pusher (appliance_registry_tls), made once per lab as well.
+                "appliance_registry_password": _secret_lookup(files, "registry-password"),
                 **lab_variables(),
                 **(extra_vars or {}),
             },
