@@ -285,8 +285,8 @@ def test_a_re_run_that_turns_two_defaults_off_changes_their_components_and_nothi
     ClusterConfiguration). One re-run with both off applies them to the running cluster: the ConfigMap,
     each node's file and each kubelet restarted and healthy; kubeadm writes the three manifests again (etcd's
     is the same), each running and ready before the next, and the stored ClusterConfiguration follows, so
-    `kubeadm upgrade` keeps it. Nothing else changes. (The run after keeps both off and changes only what
-    it turns off itself; the last one turns protectKernelDefaults on again.)"""
+    `kubeadm upgrade` keeps it. Nothing else changes. (The run after keeps profiling on and changes only
+    what it turns: the encryption of Secrets off, protectKernelDefaults on again.)"""
     kubelets_follow(True)
     components = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
     for component in components:
@@ -501,16 +501,20 @@ ENCRYPTION_OFF = {
 }
 
 
-def test_a_re_run_that_turns_secrets_encryption_off_stores_every_secret_in_plain_text_again(converged):
-    """The way off is not just a flag: the API server must go on reading what it encrypted, so the key
-    stays and the configuration lists it second; every Secret is written again, in plain text."""
+def test_a_re_run_that_turns_secrets_encryption_off_and_protect_kernel_defaults_on_again(converged):
+    """The way off for the encryption is not just a flag: the API server must go on reading what it
+    encrypted, so the key stays and the configuration lists it second; every Secret is written again, in
+    plain text. The same run turns protectKernelDefaults on again, the way back on for a running cluster:
+    the kernel parameters first, then the ConfigMap and each kubelet, which would refuse to start before
+    them. Nothing else changes (profiling stays on, as the run before left it)."""
     kubectl("delete", "secret", PROBE_SECRET, "--ignore-not-found")
     kubectl("create", "secret", "generic", PROBE_SECRET, f"--from-literal=value={PROBE_VALUE}")
-    # The two defaults the run before turned off stay off: what changes is the encryption's alone.
-    result, summary = site(*BOTH_OFF, *ENCRYPTION_OFF_ARGS)
+    result, summary = site(
+        *BOTH_OFF, *ENCRYPTION_OFF_ARGS, "-e", "appliance_kubelet_protect_kernel_defaults=true"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
-    assert changed == ENCRYPTION_OFF, changed
+    assert changed == flip(ENCRYPTION_OFF, KUBELET_FLIP), changed
     prefix, plain = stored_in_etcd("default", PROBE_SECRET)
     assert prefix.startswith(b"k8s\x00") and plain == 1, (prefix, plain)
     system = f"{ETCDCTL} get /registry/secrets/kube-system/ --prefix --print-value-only"
@@ -520,17 +524,4 @@ def test_a_re_run_that_turns_secrets_encryption_off_stores_every_secret_in_plain
     )
     files = on("cp-1", "ls /etc/kubernetes/pki | grep secrets-encryption").stdout.split()
     assert files == ["secrets-encryption-identity.yaml", "secrets-encryption.key"], files
-
-
-def test_a_re_run_that_turns_protect_kernel_defaults_on_again_changes_the_kubelets_and_nothing_else(
-    converged,
-):
-    """The way back on for a running cluster: the kernel parameters first, then the ConfigMap and each
-    kubelet, which would refuse to start before them; nothing else changes."""
-    result, summary = site(
-        *BOTH_OFF, *ENCRYPTION_OFF_ARGS, "-e", "appliance_kubelet_protect_kernel_defaults=true"
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    changed = {host: tasks for host, tasks in changed_tasks(summary).items() if tasks}
-    assert changed == KUBELET_FLIP, changed
     kubelets_follow(True)
