@@ -4,6 +4,7 @@ The push itself runs against the real registry in tests/lab/test_bundle_serve.py
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import importlib.util
 import io
@@ -114,14 +115,23 @@ class _Registry(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def registry_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]):
+    """HANDLER on a free port of the loopback, in a thread, for the time of the block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def registry_server():
+    with _serving(_Registry) as server:
+        yield server
 
 
 def test_wait_for_registry_returns_once_a_starting_registry_answers(registry_server):
@@ -174,12 +184,8 @@ class _AuthRegistry(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def auth_registry():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRegistry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with _serving(_AuthRegistry) as server:
+        yield f"127.0.0.1:{server.server_address[1]}"
 
 
 def test_a_registry_with_htpasswd_answers_the_right_credentials(auth_registry):
