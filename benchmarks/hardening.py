@@ -35,6 +35,7 @@ HARDENING_OFF = {
     "kube_control_plane_pod_security": False,
     "appliance_kubelet_serving_certificates": False,
     "kube_control_plane_etcd_user": "",
+    "appliance_registry_tls": False,
 }
 
 

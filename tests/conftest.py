@@ -79,6 +79,23 @@ def lab_kubectl(
     )
 
 
+LAB_STATE = Path.home() / ".local/state/appliance"
+
+
+def lab_registry_password(env: dict[str, str]) -> str:
+    """The registry pusher's password of the lab ENV names: the file its inventory's lookup reads (0600,
+    made once per lab, as a site keeps it in Ansible Vault)."""
+    path = LAB_STATE / env["APPLIANCE_LAB_NAME"] / "registry-password"
+    assert path.stat().st_mode & 0o777 == 0o600
+    return path.read_text().strip()
+
+
+def lab_registry_ca(env: dict[str, str]) -> Path:
+    """The appliance's CA that signed the lab's registry certificate (appliance_registry_pki_dir: made on
+    the controller by role bundle_serve, per inventory directory, which is named after the lab)."""
+    return LAB_STATE / "registry-pki" / env["APPLIANCE_LAB_NAME"] / "ca.crt"
+
+
 # The lab tests' workload (tests/lab/fixtures/echo), built here, and the site image the labs' bundle
 # carries: the echo image under the name of the guide's test image (gcr.io/run-ai-demo/quickstart), added
 # with `lab bundle --image` as a site adds its own (the real quickstart image cannot be downloaded here).

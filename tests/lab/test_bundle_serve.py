@@ -1,7 +1,7 @@
 """Roles bundle_serve and bundle_client on lab nodes: the lab's bundle, served by cp-1 and used by a
 worker over the lab network; the real apt, nginx, registry, skopeo, containerd and docker. The registry
 speaks TLS with a certificate of the appliance's CA and takes pushes with credentials only
-(appliance_registry_tls).
+(appliance_registry_tls, on by default).
 
 Runs a lab of its own (APPLIANCE_LAB_NAME=labserve on 172.28.3.0/24, one worker).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, PROJECT, run_cli
+from tests.conftest import BIN, PROJECT, lab_registry_password, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -41,8 +41,7 @@ def on(node: str, script: str) -> subprocess.CompletedProcess[str]:
 
 def run_playbook(*extra: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     # The lab's nodes run docker, but test_containerd_pulls_... pulls with containerd's own client.
-    tls = ("-e", "appliance_registry_tls=true")
-    result = lab_cli("run", PLAYBOOK, "--json", "-e", "bundle_client_containerd_mirrors=true", *tls, *extra)
+    result = lab_cli("run", PLAYBOOK, "--json", "-e", "bundle_client_containerd_mirrors=true", *extra)
     try:
         summary = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -199,18 +198,11 @@ def with_curl(node: str) -> str:
     return node
 
 
-def registry_password() -> str:
-    """The lab's registry password: the file the lab inventory's lookup reads (0600, made once per lab)."""
-    path = Path.home() / ".local/state/appliance" / LAB_ENV["APPLIANCE_LAB_NAME"] / "registry-password"
-    assert path.stat().st_mode & 0o777 == 0o600
-    return path.read_text().strip()
-
-
 def test_pushes_on_the_serving_node_need_the_pushers_credentials(served):
     """Issue 24: pushes only with credentials (htpasswd, the password from the inventory's Vault) and only
     on the node itself. Without credentials the registry answers 401, with a wrong password too; with the
     pusher's it starts the upload (202). The role's own pushes filled the registry, with those credentials."""
-    password = registry_password()
+    password = lab_registry_password(LAB_ENV)
     post = "curl -s -o /dev/null -w '%{http_code}' -X POST"
     uploads = "http://127.0.0.1:5001/v2/push-test/blobs/uploads/"
     assert on(with_curl("cp-1"), f"{post} {uploads}").stdout == "401"
@@ -278,13 +270,12 @@ def test_the_registrys_certificate_is_renewed_and_served_at_once(served, tmp_pat
     )
     before = served_serial()
     assert before.startswith("serial="), before
-    tls = ("-e", "appliance_registry_tls=true")
-    forced = lab_cli("run", str(playbook), "--json", *tls, "-e", "bundle_serve_tls_renew_force=true")
+    forced = lab_cli("run", str(playbook), "--json", "-e", "bundle_serve_tls_renew_force=true")
     assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr
     assert json.loads(forced.stdout)["hosts"]["cp-1"]["changed"] >= 1
     after = served_serial()
     assert after.startswith("serial=") and after != before, (before, after)
-    again = lab_cli("run", str(playbook), "--json", *tls)
+    again = lab_cli("run", str(playbook), "--json")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr
     assert json.loads(again.stdout)["hosts"]["cp-1"]["changed"] == 0
     assert served_serial() == after
@@ -303,7 +294,7 @@ def test_docker_pulls_upstream_names_over_tls_with_no_insecure_registry(served, 
         "    - {include_role: {name: bundle_client, tasks_from: facts}}\n"
         "    - {include_role: {name: docker}}\n"
     )
-    result = lab_cli("run", str(playbook), "--json", "-e", "appliance_registry_tls=true")
+    result = lab_cli("run", str(playbook), "--json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     config = json.loads(on("worker-1", "cat /etc/docker/daemon.json").stdout)
     assert config.get("insecure-registries", []) == []
@@ -393,3 +384,38 @@ def test_tar_stream_pipes_the_files_through_the_ssh_connection_owned_by_root(ser
     lines = listing.stdout.splitlines()
     assert lines[:2] == ["debs/a.deb root root 644", "manifest.json root root 644"], listing.stdout
     assert lines[2].split()[0] == hashlib.sha256((src / "debs" / "a.deb").read_bytes()).hexdigest()
+
+
+def test_turning_tls_off_puts_every_node_back_on_plain_http(served, tmp_path):
+    """appliance_registry_tls: false on the running appliance (last: it leaves the registry without TLS):
+    nginx serves the registry over plain HTTP, containerd's hosts.toml and docker's daemon.json name it by
+    http:// (role docker takes out the https:// mirror), and docker pulls upstream names through the proxy
+    on the loopback address again; a second run changes nothing."""
+    _, digest, *_ = served
+    playbook = tmp_path / "docker.yml"
+    playbook.write_text(
+        "- hosts: worker-1\n"
+        "  become: true\n"
+        "  tasks:\n"
+        "    - {include_role: {name: bundle_client, tasks_from: facts}}\n"
+        "    - {include_role: {name: docker}}\n"
+    )
+    off = ("-e", "appliance_registry_tls=false", "-e", f"appliance_bundle_manifest_sha256={digest}")
+    for attempt in ("first", "second"):
+        result, summary = run_playbook(*off)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+        docker = lab_cli("run", str(playbook), "--json", *off)
+        assert docker.returncode == 0, docker.stdout[-3000:] + docker.stderr
+        if attempt == "second":
+            assert changed(summary) == {"cp-1": 0, "worker-1": 0}
+            assert json.loads(docker.stdout)["hosts"]["worker-1"]["changed"] == 0
+    plain = on("worker-1", f"curl -sf http://{REGISTRY}/v2/_catalog")
+    assert plain.returncode == 0 and "pause" in plain.stdout, plain.stdout + plain.stderr
+    hosts_toml = on("worker-1", f"cat /etc/containerd/certs.d/{REGISTRY}/hosts.toml").stdout
+    assert f'server = "http://{REGISTRY}"' in hosts_toml and "https://" not in hosts_toml, hosts_toml
+    config = json.loads(on("worker-1", "cat /etc/docker/daemon.json").stdout)
+    assert config["registry-mirrors"] == [f"http://{REGISTRY}"]
+    assert REGISTRY in config["insecure-registries"] and "k8s.gcr.io" in config["insecure-registries"]
+    on("worker-1", "docker rmi k8s.gcr.io/pause:3.6")
+    pull = on("worker-1", "docker pull k8s.gcr.io/pause:3.6")
+    assert pull.returncode == 0, pull.stdout + pull.stderr

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import urllib.request
 
 import pytest
 
 from appliance.lab import kube_bench
-from tests.conftest import SITE_IMAGE, build_lab_bundle, changed_tasks, lab_kubectl, run_cli, run_playbook
+from tests.conftest import (
+    SITE_IMAGE,
+    build_lab_bundle,
+    changed_tasks,
+    lab_kubectl,
+    lab_registry_ca,
+    run_cli,
+    run_playbook,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -99,12 +108,14 @@ def test_every_system_and_flannel_pod_runs_from_the_bundles_registry(converged):
 
 
 def registry_digest(repository: str, tag: str) -> str:
+    """The digest the lab's registry serves for REPOSITORY:TAG, read over HTTPS with the appliance's CA."""
     request = urllib.request.Request(
-        f"http://{REGISTRY}/v2/{repository}/manifests/{tag}",
+        f"https://{REGISTRY}/v2/{repository}/manifests/{tag}",
         method="HEAD",
         headers={"Accept": ", ".join(MANIFEST_TYPES)},
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    context = ssl.create_default_context(cafile=str(lab_registry_ca(LAB_ENV)))
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
         return response.headers["Docker-Content-Digest"]
 
 

@@ -8,6 +8,7 @@ the default container runtime (tests/lab/test_containerd.py covers containerd).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
@@ -30,6 +31,7 @@ from tests.conftest import (
     SITE_IMAGE,
     build_lab_bundle,
     lab_kubectl,
+    lab_registry_password,
     run_cli,
     run_playbook,
 )
@@ -185,15 +187,22 @@ def test_every_system_and_flannel_pod_runs_and_flannel_is_on_every_node(converge
 @pytest.fixture(scope="module")
 def echo_image(converged):
     """The test workload (tests/lab/fixtures/echo, built by the converged fixture) pushed into the lab's
-    registry from cp-1 (the registry takes pushes from that node only), named by the registry's address."""
+    registry from cp-1 (the registry takes pushes from that node only, with the pusher's credentials),
+    named by the registry's address."""
+    # The credentials go in an auth file (0600), not on the command line that ps shows.
+    auth = base64.b64encode(f"appliance:{lab_registry_password(LAB_ENV)}".encode()).decode()
     with tempfile.TemporaryDirectory() as work:
-        archive = Path(work) / "echo.tar"
+        archive, authfile = Path(work) / "echo.tar", Path(work) / "auth.json"
         subprocess.run(["docker", "save", "-o", str(archive), ECHO_IMAGE], check=True)
-        subprocess.run(["docker", "cp", str(archive), "appliance-labsite-cp-1:/root/echo.tar"], check=True)
+        authfile.write_text(json.dumps({"auths": {"127.0.0.1:5001": {"auth": auth}}}))
+        authfile.chmod(0o600)
+        for source, target in ((archive, "/root/echo.tar"), (authfile, "/root/echo-auth.json")):
+            subprocess.run(["docker", "cp", str(source), f"appliance-labsite-cp-1:{target}"], check=True)
     on(
         "cp-1",
-        "skopeo copy --quiet --dest-tls-verify=false docker-archive:/root/echo.tar "
-        f"docker://127.0.0.1:5001/{ECHO_IMAGE} && rm /root/echo.tar",
+        "skopeo copy --quiet --dest-tls-verify=false --authfile /root/echo-auth.json "
+        f"docker-archive:/root/echo.tar docker://127.0.0.1:5001/{ECHO_IMAGE}; "
+        "pushed=$?; rm -f /root/echo.tar /root/echo-auth.json; exit $pushed",
     )
     return f"172.28.4.10:5000/{ECHO_IMAGE}"
 
@@ -438,15 +447,16 @@ def test_a_second_run_changes_nothing_and_keeps_a_runtime_added_by_hand(converge
 
 
 def test_a_new_registry_reloads_docker_instead_of_restarting_it(converged):
-    """A site image from a registry not mirrored before makes role bundle_client name one more insecure
-    registry; here the same change comes through docker_insecure_registries. daemon.json gains it and
-    dockerd takes it on a reload (filter docker_reload_only): same main PID, kube-proxy's container not
-    restarted, and docker knows the registry."""
+    """A change of docker's registries (here a site registry of the operator's own, through
+    docker_insecure_registries; without the registry's TLS, a site image from a registry not mirrored
+    before does the same through role bundle_client): daemon.json gains it and dockerd takes it on a reload
+    (filter docker_reload_only): same main PID, kube-proxy's container not restarted, and docker knows the
+    registry."""
     node = "worker-2"
     started = "docker inspect --format '{{.State.StartedAt}}' $(docker ps -q --filter name=k8s_kube-proxy)"
     pid, proxy = on(node, "systemctl show docker --property MainPID --value").strip(), on(node, started)
     original = on(node, "cat /etc/docker/daemon.json")
-    extra = json.dumps({"docker_insecure_registries": ["172.28.4.10:5000", "reload.example:5000"]})
+    extra = json.dumps({"docker_insecure_registries": ["reload.example:5000"]})
     try:
         result, summary = run_playbook(LAB_ENV, "playbooks/hosts.yml", "-e", extra, "--limit", node)
         assert result.returncode == 0, result.stdout[-3000:]
