@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, PROJECT, lab_registry_password, run_cli
+from tests.conftest import BIN, PROJECT, lab_registry_ca, lab_registry_password, run_cli
 
 pytestmark = pytest.mark.lab
 
@@ -61,22 +62,27 @@ def served():
     bundle = Path(re.search(r"bundle (\S+): \d+ files", built.stdout).group(1))
     up = lab_cli("lab", "up", "--workers", "1")
     assert up.returncode == 0, up.stderr
+    # A new appliance's CA, too: the --check below runs before it exists (role appliance_ca's first run).
+    shutil.rmtree(lab_registry_ca(LAB_ENV).parent, ignore_errors=True)
     # --check first, on the fresh nodes: nothing is installed yet, so there is no service to restart.
     checked = run_playbook("--check", "-e", f"appliance_bundle_manifest_sha256={digest}")
     left_by_check = on("cp-1", "ls -A /var/lib/appliance/bundle /etc/apt/sources.list.d 2>&1").stdout
+    ca_made_by_check = lab_registry_ca(LAB_ENV).parent.exists()
     result, summary = run_playbook("-e", f"appliance_bundle_manifest_sha256={digest}")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr
-    yield bundle, digest, summary, (*checked, left_by_check)
+    yield bundle, digest, summary, (*checked, left_by_check, ca_made_by_check)
     lab_cli("lab", "down")
 
 
 def test_check_mode_on_fresh_nodes_fails_nowhere_and_copies_nothing(served):
-    _, _, _, (result, summary, left) = served
+    _, _, _, (result, summary, left, ca_made) = served
     assert result.returncode == 0, result.stdout[-3000:]
-    # It reports what it would do (copy the bundle, add the apt source, install and start the services)...
+    # It reports what it would do (copy the bundle, add the apt source, install and start the services,
+    # make the appliance's CA)...
     assert summary["hosts"]["cp-1"]["changed"] > 0
     # ...and did none of it.
     assert "No such file or directory" in left and "appliance-bundle.list" not in left, left
+    assert not ca_made
 
 
 def image_archives(bundle: Path) -> dict[str, str]:
