@@ -229,13 +229,14 @@ def test_restore_keeps_the_cordon_an_admin_had_set_before_the_drain():
 
 def upstream_names_survive_the_restart(node: str) -> None:
     """docker rewrote the node container's /etc/hosts when it started again, dropping role bundle_client's
-    block; appliance-registry-hosts.service put it back during the boot, so the node still pulls an image
-    of the bundle by its upstream name (issue 23)."""
+    block; appliance-registry-hosts.service put it back during the boot, and the registry proxy's socket
+    put its link-local address back on the loopback, so the node still pulls an image of the bundle by its
+    upstream name, over TLS (issues 23 and 24)."""
     journal = lab_cli("lab", "exec", node, "--", "journalctl", "-b", "-u", "appliance-registry-hosts")
     assert "names the mirrored registries again" in journal.stdout, journal.stdout + journal.stderr
     hosts = lab_cli("lab", "exec", node, "--", "cat", "/etc/hosts").stdout
     assert any(
-        line.split()[:1] == ["127.0.77.1"] and "k8s.gcr.io" in line.split() for line in hosts.splitlines()
+        line.split()[:1] == ["169.254.77.1"] and "k8s.gcr.io" in line.split() for line in hosts.splitlines()
     ), hosts
     pulled = lab_cli("lab", "exec", node, "--", "docker", "pull", "k8s.gcr.io/pause:3.6")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
