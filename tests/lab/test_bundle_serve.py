@@ -287,12 +287,9 @@ def test_the_registrys_certificate_is_renewed_and_served_at_once(served, tmp_pat
     assert served_serial() == after
 
 
-def test_docker_pulls_upstream_names_over_tls_with_no_insecure_registry(served, tmp_path):
-    """Issue 24: docker, installed by role docker, trusts the appliance's CA for the registry alone:
-    daemon.json has no insecure registry and an https mirror; k8s.gcr.io names reach the registry through
-    the node's proxy on a link-local address (docker checks certificates there, not on 127.0.0.0/8), and
-    without the CA in its certs.d docker refuses the registry's certificate."""
-    playbook = tmp_path / "docker.yml"
+def docker_playbook(directory: Path) -> Path:
+    """A playbook that installs docker on worker-1 with role docker, after bundle_client's facts."""
+    playbook = directory / "docker.yml"
     playbook.write_text(
         "- hosts: worker-1\n"
         "  become: true\n"
@@ -300,6 +297,15 @@ def test_docker_pulls_upstream_names_over_tls_with_no_insecure_registry(served, 
         "    - {include_role: {name: bundle_client, tasks_from: facts}}\n"
         "    - {include_role: {name: docker}}\n"
     )
+    return playbook
+
+
+def test_docker_pulls_upstream_names_over_tls_with_no_insecure_registry(served, tmp_path):
+    """Issue 24: docker, installed by role docker, trusts the appliance's CA for the registry alone:
+    daemon.json has no insecure registry and an https mirror; k8s.gcr.io names reach the registry through
+    the node's proxy on a link-local address (docker checks certificates there, not on 127.0.0.0/8), and
+    without the CA in its certs.d docker refuses the registry's certificate."""
+    playbook = docker_playbook(tmp_path)
     result = lab_cli("run", str(playbook), "--json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     config = json.loads(on("worker-1", "cat /etc/docker/daemon.json").stdout)
@@ -398,14 +404,7 @@ def test_turning_tls_off_puts_every_node_back_on_plain_http(served, tmp_path):
     http:// (role docker takes out the https:// mirror), and docker pulls upstream names through the proxy
     on the loopback address again; a second run changes nothing."""
     _, digest, *_ = served
-    playbook = tmp_path / "docker.yml"
-    playbook.write_text(
-        "- hosts: worker-1\n"
-        "  become: true\n"
-        "  tasks:\n"
-        "    - {include_role: {name: bundle_client, tasks_from: facts}}\n"
-        "    - {include_role: {name: docker}}\n"
-    )
+    playbook = docker_playbook(tmp_path)
     off = ("-e", "appliance_registry_tls=false", "-e", f"appliance_bundle_manifest_sha256={digest}")
     for attempt in ("first", "second"):
         result, summary = run_playbook(*off)
